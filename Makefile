@@ -1,0 +1,58 @@
+# LASAN: one Makefile for set-up, tests, the demo, serving and benchmarks.
+# `make demo` and `make test` are the two commands a new machine needs.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+LASAN  := $(VENV)/bin/lasan
+STAMP  := $(VENV)/.installed
+WORK   ?= work
+REPO   ?= $(WORK)/model_repository
+APT_PACKAGES := libb64-0d dcmtk
+
+.PHONY: install test test-fast demo serve bench lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+	  missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	  if [ -n "$$missing" ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  fi; \
+	else echo "not root: make sure these Debian packages are installed: $(APT_PACKAGES)"; fi
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# torch first and pinned: the CPU build of 2.13.0 is on local disk; anything else downloads CUDA.
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[client,integration,hubert,export,dev]"
+	# The embedded Triton server (tritonserver 2.51 + python backend). --no-deps: it pins numpy<2.
+	$(PIP) install -q --no-deps nvidia-pytriton==0.7.0
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+demo: install
+	$(LASAN) demo --work $(WORK)
+
+serve: install
+	$(LASAN) serve --repo $(REPO)
+
+bench: install
+	$(LASAN) bench --work $(WORK)
+
+lint: install
+	$(VENV)/bin/ruff check lasan train build client integration benchmarks tests
+
+clean:
+	rm -rf $(WORK) .pytest_cache
+	find . -name __pycache__ -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV) *.egg-info

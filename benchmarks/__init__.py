@@ -1,0 +1,1 @@
+"""Benchmarks (`lasan bench`, `make bench`): never part of the tests."""

@@ -1,0 +1,1 @@
+"""Export checkpoints to TorchScript / ONNX / TensorRT and write Triton model repositories."""

@@ -1,0 +1,1 @@
+"""Triton client: score ECGs through the served `lasan` ensemble."""

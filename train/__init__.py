@@ -1,0 +1,1 @@
+"""Training: synthetic cohort, datasets, patient-level splits, training loop, evaluation."""
