@@ -148,11 +148,10 @@ def model_info_from(metadata: Mapping[str, Any], config: Mapping[str, Any]) -> M
     raw_leads = _param(params, _LEAD_KEYS)
     lead_order = _names(raw_leads) if raw_leads else MODEL_LEADS
     thresholds = _thresholds(params)
+    # Decisions are about diseases: every class but the control class (the rule of
+    # lasan.train.metrics.disease_classes), and only those with a published threshold.
     with_thresholds = {c for point in thresholds.values() for c in point}
-    if with_thresholds:
-        disease = tuple(c for c in classes if c in with_thresholds)
-    else:  # no operating points published: every class but the negative one
-        disease = tuple(c for c in classes if c.lower() != "control")
+    disease = tuple(c for c in classes if c.lower() != "control" and (not with_thresholds or c in with_thresholds))
     version = _param(params, _VERSION_KEYS) or triton_version
     return ModelInfo(
         name=str(metadata.get("name") or cfg.get("name") or ""),
@@ -177,13 +176,13 @@ def decode_outputs(
     weights = np.asarray(outputs[OUTPUT_LEAD_IMPORTANCE], dtype=np.float64).reshape(-1)
     classes = info.classes if len(info.classes) == probs.size else tuple(f"class_{i}" for i in range(probs.size))
     leads = info.lead_order if len(info.lead_order) == weights.size else MODEL_LEADS[: weights.size]
-    probabilities = {c: float(p) for c, p in zip(classes, probs)}
+    probabilities = {c: float(p) for c, p in zip(classes, probs, strict=True)}
     decisions: dict[str, dict[str, bool]] = {}
     for point, name in (("screening", OUTPUT_SCREENING), ("confirmation", OUTPUT_CONFIRMATION)):
         flags = outputs.get(name)
         if flags is not None:
             flags = np.asarray(flags).reshape(-1).astype(bool)
-            decisions[point] = {c: bool(f) for c, f in zip(classes, flags) if c in info.disease_classes}
+            decisions[point] = {c: bool(f) for c, f in zip(classes, flags, strict=False) if c in info.disease_classes}
         else:  # the server does not publish this decision: use the published threshold, if any
             cut = info.thresholds.get(point, {})
             decisions[point] = {c: probabilities[c] >= cut[c] for c in info.disease_classes if c in cut}
@@ -198,7 +197,7 @@ def decode_outputs(
         screening=decisions["screening"],
         confirmation=decisions["confirmation"],
         thresholds={k: dict(v) for k, v in info.thresholds.items()},
-        lead_importance={lead: float(w) for lead, w in zip(leads, weights)},
+        lead_importance={lead: float(w) for lead, w in zip(leads, weights, strict=True)},
         model_name=info.name,
         model_version=info.version,
         round_trip_ms=round_trip_ms,
