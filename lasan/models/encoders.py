@@ -106,14 +106,15 @@ def twelve_from_eight(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([lead_i, lead_ii] + derived + [x[:, 2:8]], dim=1)
 
 
-def lowpass_fir(factor: int, taps_per_side: int = 25) -> np.ndarray:
-    """Hamming-windowed sinc low-pass for decimation by ``factor`` (cutoff 0.8 x new Nyquist).
+def lowpass_fir(factor: int, taps_per_side: int = 60) -> np.ndarray:
+    """Hamming-windowed sinc low-pass for decimation by ``factor`` (cutoff 0.76 x new Nyquist).
 
-    At 500 -> 100 Hz the cutoff is 40 Hz, so nothing above the new 50 Hz Nyquist aliases
-    back into the band HuBERT-ECG sees; unity gain at DC.
+    At 500 -> 100 Hz: cutoff 38 Hz, 121 taps, so the transition band (about 3.3 / 121 x
+    500 Hz = 14 Hz wide) ends below 45 Hz and the stopband (Hamming, about -53 dB) covers
+    everything that would alias; unity gain at DC.
     """
     n = np.arange(-taps_per_side, taps_per_side + 1)
-    cutoff = 0.8 / factor  # cycles/sample x 2 (fraction of the input Nyquist)
+    cutoff = 0.76 / factor  # cycles/sample x 2 (fraction of the input Nyquist)
     h = cutoff * np.sinc(cutoff * n) * np.hamming(len(n))
     return (h / h.sum()).astype(np.float32)
 
