@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 # the first of each; the others keep older or hand-written repositories readable.
 _CLASS_KEYS = ("classes", "class_names")
 _LEAD_KEYS = ("lead_order", "model_leads", "leads")
-_VERSION_KEYS = ("model_version", "lasan_model_version", "checkpoint_sha256")
+_VERSION_KEYS = ("model_version", "lasan_model_version")
+_CHECKPOINT_KEY = "checkpoint_sha256"
 _THRESHOLD_KEYS = ("thresholds",)
 
 
@@ -152,7 +153,12 @@ def model_info_from(metadata: Mapping[str, Any], config: Mapping[str, Any]) -> M
     # lasan.train.metrics.disease_classes), and only those with a published threshold.
     with_thresholds = {c for point in thresholds.values() for c in point}
     disease = tuple(c for c in classes if c.lower() != "control" and (not with_thresholds or c in with_thresholds))
-    version = _param(params, _VERSION_KEYS) or triton_version
+    # The Triton version number alone does not say which weights answered: a rebuilt
+    # repository is version 1 again. The checkpoint hash does; keep both, compactly.
+    version = _param(params, _VERSION_KEYS)
+    if not version:
+        sha = params.get(_CHECKPOINT_KEY, "")
+        version = f"{triton_version}+{sha[:12]}" if sha else triton_version
     return ModelInfo(
         name=str(metadata.get("name") or cfg.get("name") or ""),
         version=version,

@@ -20,8 +20,8 @@ class ModelInfo:
 
     Attributes:
         name: Triton model name (the ensemble).
-        version: the model's version: the build's ``model_version`` parameter when the
-            repository carries one (checkpoint-derived), else Triton's version number.
+        version: the build's ``model_version`` parameter when present, else Triton's version
+            number plus the first 12 hex digits of the checkpoint's SHA-256 (``1+3fa4c2e1b0d9``).
         triton_version: the version directory Triton serves ("1", ...).
         classes: class names in the order of the ``probabilities`` output.
         lead_order: the model leads in the order of ``lead_importance`` (I, II, V1-V6).
