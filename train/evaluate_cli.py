@@ -1,0 +1,281 @@
+"""``lasan evaluate CHECKPOINT --data MANIFEST``: the evaluation report of a checkpoint.
+
+Evaluates on the TEST split of the manifest (the same patient-level split function and
+seed as training, read from the checkpoint) or on ``--split all`` rows for an external
+dataset, and writes a report folder (see :mod:`lasan.train.report`): AUROCs with
+patient-bootstrap CIs, confusion matrix, calibration, the stored operating points'
+sensitivity/specificity, lead masking vs attention importance, and two baselines
+(clinical features + logistic regression, a plain channels-CNN) trained on the train
+split of the same manifest (or of ``--baseline-data``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..checkpoint import LoadedCheckpoint, load_checkpoint
+from ..errors import ConfigError
+from ..models import LASAN
+from ..preprocessing import InputSpec
+from .baselines import CNNTrainConfig, PlainCNN, fit_logistic, train_plain_cnn
+from .clinical_features import FEATURE_NAMES, feature_matrix
+from .dataset import ECGArrays
+from .masking import attention_importance, compare_with_attention, lead_masking, predict
+from .metrics import disease_classes
+from .operating_points import choose_operating_points, evaluate_operating_points
+from .report import REAL_DATA_CAVEAT, SCHEMA, SYNTHETIC_CAVEAT, masking_finding, model_block, write_report
+
+__all__ = ["configure", "run", "EvaluationData", "evaluate", "load_evaluation_data"]
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME = "LASAN"
+LOGISTIC_NAME = "clinical features + LR"
+CNN_NAME = "plain CNN"
+
+
+@dataclass(frozen=True)
+class EvaluationData:
+    """What one evaluation needs: the rows to evaluate and, for the baselines, train/val rows."""
+
+    test: ECGArrays
+    split: str  # "test" or "all"
+    manifest: str
+    train: ECGArrays | None = None  # baselines are fitted here
+    val: ECGArrays | None = None  # operating points (if the checkpoint has none) and CNN early stopping
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="a .pt checkpoint written by 'lasan train'")
+    parser.add_argument("--data", required=True, help="manifest CSV of ECG files (patient_id, path, label, ...)")
+    parser.add_argument(
+        "--split",
+        choices=("test", "all"),
+        default="test",
+        help="'test': the held-out patients of the training split (same seed); 'all': every row (external data)",
+    )
+    parser.add_argument("--out", default=None, help="report folder (default: <checkpoint folder>/report)")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates over patients (default 1000)")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap and baseline seed (default 0)")
+    parser.add_argument(
+        "--baselines", action=argparse.BooleanOptionalAction, default=True, help="train and report the baselines"
+    )
+    parser.add_argument(
+        "--baseline-data",
+        default=None,
+        help="manifest whose train split fits the baselines (default: --data for --split test, "
+        "the checkpoint's training manifest for --split all)",
+    )
+    parser.add_argument("--cache-dir", default=None, help="preprocessed-array cache (default: <out>/cache)")
+
+
+def _training_value(training: dict[str, Any], *keys: str, default: Any = None) -> Any:
+    """A value from the checkpoint's training config, at top level or in its data/training sections."""
+    for section in (training, training.get("data") or {}, training.get("training") or {}):
+        for key in keys:
+            if isinstance(section, dict) and section.get(key) is not None:
+                return section[key]
+    return default
+
+
+def _split_rows(rows: list[Any], seed: int) -> dict[str, list[Any]]:
+    from .split import split_patients  # the training split, one definition
+
+    parts = split_patients(rows, seed=seed)
+    return {name: list(getattr(parts, name)) for name in ("train", "val", "test")}
+
+
+def load_evaluation_data(
+    manifest: str | Path,
+    split: str,
+    spec: InputSpec,
+    classes: tuple[str, ...],
+    split_seed: int,
+    cache_dir: str | Path | None,
+    baseline_manifest: str | Path | None,
+) -> EvaluationData:
+    """Read and preprocess the evaluation rows (and the baselines' train/val rows).
+
+    Raises:
+        ConfigError: the manifest is invalid or the evaluated rows are empty.
+        ECGFormatError: a file cannot be read.
+    """
+    from .dataset import load_arrays
+    from .manifest import read_manifest
+
+    manifest = Path(manifest)
+    rows = list(read_manifest(manifest))
+    base_dir = manifest.parent
+    if split == "test":
+        parts = _split_rows(rows, split_seed)
+        test_rows = parts["test"]
+    else:
+        test_rows, parts = rows, {}
+    if not test_rows:
+        raise ConfigError(f"no ECGs to evaluate in {manifest} (split {split!r})")
+    test = load_arrays(test_rows, spec, classes, cache_dir, base_dir, progress=True)
+    train = val = None
+    if baseline_manifest is not None:
+        bpath = Path(baseline_manifest)
+        if bpath.resolve() != manifest.resolve() or not parts:
+            parts = _split_rows(list(read_manifest(bpath)), split_seed)
+        train = load_arrays(parts["train"], spec, classes, cache_dir, bpath.parent, progress=True)
+        val = load_arrays(parts["val"], spec, classes, cache_dir, bpath.parent, progress=True)
+    elif parts:
+        val = load_arrays(parts["val"], spec, classes, cache_dir, base_dir, progress=True)
+    return EvaluationData(test, split, str(manifest), train, val)
+
+
+def _cnn_baseline(ckpt: LoadedCheckpoint, data: EvaluationData, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
+    cfg = ckpt.config
+    lasan_cfg = getattr(cfg, "lasan", cfg)  # hybrids: compare against a CNN of LASAN's own size
+    training = ckpt.info.training
+    train_cfg = CNNTrainConfig(
+        epochs=int(_training_value(training, "epochs", default=15)),
+        batch_size=int(_training_value(training, "batch_size", default=32)),
+        lr=float(_training_value(training, "lr", default=1e-3)),
+        gamma=float(_training_value(training, "focal_gamma", "gamma", default=2.0)),
+        patience=int(_training_value(training, "patience", default=5)),
+        seed=seed,
+    )
+    torch.manual_seed(seed)
+    model = PlainCNN(
+        len(cfg.input.leads),
+        len(cfg.classes),
+        lasan_cfg.cnn_channels,
+        lasan_cfg.kernel_size,
+        lasan_cfg.pool,
+        lasan_cfg.head_hidden,
+        lasan_cfg.dropout,
+    )
+    assert data.train is not None and data.val is not None
+    history = train_plain_cnn(model, data.train.x, data.train.y, data.val.x, data.val.y, cfg.classes, train_cfg)
+    probs = predict(model, data.test.x).probs
+    return probs, {"architecture": "8 leads as channels, LASAN's CNN widths, no lead attention", **history}
+
+
+def evaluate(
+    ckpt: LoadedCheckpoint, data: EvaluationData, n_boot: int = 1000, seed: int = 0, baselines: bool = True
+) -> dict[str, Any]:
+    """Compute every number of the report (see :mod:`lasan.train.report` for the layout).
+
+    Raises:
+        ConfigError: the evaluated data hold fewer than two classes (no AUROC exists).
+    """
+    classes = tuple(ckpt.config.classes)
+    spec = ckpt.config.input
+    test = data.test
+    if len(np.unique(test.y)) < 2:
+        raise ConfigError("the evaluated ECGs hold a single class; AUROC needs positives and negatives")
+    groups = np.asarray(test.patient_ids)
+    model = ckpt.model
+    preds = predict(model, test.x)
+    models: dict[str, Any] = {MODEL_NAME: model_block(preds.probs, test.y, groups, classes, n_boot, seed)}
+    baseline_info: dict[str, Any] = {}
+    if baselines and data.train is not None and data.val is not None and len(data.train):
+        log.info("fitting the clinical-feature baseline on %d training ECGs", len(data.train))
+        f_train = feature_matrix(data.train.x, spec.fs, spec.leads)
+        f_test = feature_matrix(test.x, spec.fs, spec.leads)
+        lr_model = fit_logistic(f_train, data.train.y, len(classes))
+        models[LOGISTIC_NAME] = model_block(lr_model.predict_proba(f_test), test.y, groups, classes, n_boot, seed)
+        baseline_info[LOGISTIC_NAME] = {
+            "features": list(FEATURE_NAMES),
+            "n_train": len(data.train),
+            "unmeasurable_fraction_test": float(np.mean(~np.isfinite(f_test))),
+            "coefficients": {
+                name: dict(zip(classes, row.tolist(), strict=True))
+                for name, row in zip(FEATURE_NAMES, lr_model.weights, strict=True)
+            },
+        }
+        log.info("training the plain-CNN baseline")
+        cnn_probs, cnn_info = _cnn_baseline(ckpt, data, seed)
+        models[CNN_NAME] = model_block(cnn_probs, test.y, groups, classes, n_boot, seed)
+        baseline_info[CNN_NAME] = cnn_info
+    elif baselines:
+        baseline_info["skipped"] = "no training rows for the baselines (use --baseline-data with --split all)"
+
+    thresholds = ckpt.info.thresholds or {}
+    thresholds_source = "checkpoint (chosen on validation during training)"
+    if not any(thresholds.get(k) for k in ("screening", "confirmation")) and data.val is not None and len(data.val):
+        thresholds = choose_operating_points(predict(model, data.val.x).probs, data.val.y, classes)
+        thresholds_source = "chosen now on the validation split (the checkpoint had none)"
+    operating = {
+        "source": thresholds_source,
+        "thresholds": thresholds,
+        "test": evaluate_operating_points(thresholds, preds.probs, test.y, classes),
+    }
+
+    masking = lead_masking(model, test.x, test.y, classes, spec.leads)
+    report: dict[str, Any] = {
+        "schema": SCHEMA,
+        "synthetic": ckpt.info.synthetic,
+        "caveat": SYNTHETIC_CAVEAT if ckpt.info.synthetic else REAL_DATA_CAVEAT,
+        "checkpoint": {
+            "path": str(ckpt.path),
+            "sha256": ckpt.sha256,
+            "model_kind": ckpt.config.kind,
+            "code_version": ckpt.info.code_version,
+            "created_at": ckpt.info.created_at,
+        },
+        "data": {
+            "manifest": data.manifest,
+            "split": data.split,
+            "n_ecgs": len(test),
+            "n_patients": len(set(test.patient_ids)),
+            "class_counts": test.counts(),
+            "baseline_train_ecgs": len(data.train) if data.train is not None else 0,
+        },
+        "bootstrap": {"n": n_boot, "seed": seed, "level": 0.95, "unit": "patient"},
+        "classes": list(classes),
+        "disease_classes": list(disease_classes(classes)),
+        "models": models,
+        "baselines": baseline_info,
+        "operating_points": operating,
+        "lead_masking": masking,
+        "masking_finding": masking_finding(masking),
+    }
+    if preds.lead_weights is not None:
+        importance = attention_importance(preds.lead_weights, test.y, classes, spec.leads)
+        report["attention_importance"] = importance
+        report["attention_vs_masking"] = compare_with_attention(masking, importance, spec.leads)
+    if not isinstance(model, LASAN):
+        report["notes"] = ["hybrid model: lead masking zeroes the leads for both branches"]
+    return report
+
+
+def run(args: argparse.Namespace) -> int:
+    ckpt = load_checkpoint(args.checkpoint)
+    if args.bootstrap < 1:
+        raise ConfigError("--bootstrap must be at least 1")
+    out = Path(args.out) if args.out else ckpt.path.parent / "report"
+    training = ckpt.info.training
+    split_seed = int(_training_value(training, "split_seed", default=0))
+    baseline_manifest: str | None = args.baseline_data
+    if args.baselines and baseline_manifest is None:
+        if args.split == "test":
+            baseline_manifest = args.data
+        else:
+            trained_on = _training_value(training, "manifest")
+            if trained_on and Path(trained_on).is_file():
+                baseline_manifest = str(trained_on)
+            else:
+                log.warning("baselines skipped: --split all needs --baseline-data (the training manifest)")
+    if not args.baselines:
+        baseline_manifest = None
+    cache_dir = args.cache_dir or _training_value(training, "cache_dir") or (out / "cache")
+    data = load_evaluation_data(
+        args.data, args.split, ckpt.config.input, tuple(ckpt.config.classes), split_seed, cache_dir, baseline_manifest
+    )
+    report = evaluate(ckpt, data, n_boot=args.bootstrap, seed=args.seed, baselines=args.baselines)
+    write_report(report, out)
+    lasan_macro = report["models"][MODEL_NAME]["metrics"]["macro_auroc"]
+    print(f"LASAN macro-AUROC {lasan_macro['estimate']:.3f} (95% CI {lasan_macro['low']:.3f}-{lasan_macro['high']:.3f})")
+    print(f"report written to {out / 'report.md'}")
+    return 0
