@@ -7,8 +7,11 @@ clinical IT engineer: what was wrong with the input, and what to do about it.
     LasanError
     ├── ECGFormatError            an ECG file or message could not be turned into a record
     │   ├── UnsupportedFormatError    not an ECG format we read (wrong SOP class, not HL7, ...)
+    │   │   └── HL7UnsupportedError       an HL7 message that is not an ORU with an ECG waveform
     │   ├── MalformedECGError         the container is broken (truncated DICOM, HL7 without MSH)
+    │   │   └── HL7MalformedError         no MSH, bad encoding characters, bad charset, too large
     │   ├── BadWaveformError          the waveform itself is unusable (NaN, unequal leads, too short)
+    │   │   └── HL7WaveformError          NA values that are not numbers, leads of unequal length
     │   └── MissingLeadsError         leads the model needs are absent and cannot be derived
     ├── ConfigError               a YAML / model / build configuration is invalid
     ├── CheckpointError           a checkpoint file is missing, corrupt or incompatible
@@ -33,6 +36,9 @@ __all__ = [
     "MalformedECGError",
     "BadWaveformError",
     "MissingLeadsError",
+    "HL7UnsupportedError",
+    "HL7MalformedError",
+    "HL7WaveformError",
     "ConfigError",
     "CheckpointError",
     "ModelRepositoryError",
@@ -77,6 +83,24 @@ class MissingLeadsError(ECGFormatError):
             f"(found: {', '.join(self.available) or 'none'}); send a recording that "
             "includes them (limb leads I/II can be derived when II/III or I/III are present)"
         )
+
+
+class HL7UnsupportedError(UnsupportedFormatError):
+    """An HL7 v2 message that is not an ORU result, or carries no ECG waveform."""
+
+    hl7_error_code = "200"  # HL7 table 0357: unsupported message type / content
+
+
+class HL7MalformedError(MalformedECGError):
+    """An HL7 v2 message whose structure is broken (no MSH, bad delimiters, charset, size)."""
+
+    hl7_error_code = "100"  # HL7 table 0357: segment sequence / structure error
+
+
+class HL7WaveformError(BadWaveformError):
+    """An HL7 v2 waveform OBX whose samples are unusable (not numbers, unequal leads, no rate)."""
+
+    hl7_error_code = "102"  # HL7 table 0357: data type error
 
 
 class ConfigError(LasanError):
