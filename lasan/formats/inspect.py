@@ -1,0 +1,94 @@
+"""``lasan inspect FILE... [--json]``: what is in an ECG file, and is it usable?
+
+For every file: format, manufacturer/device, sampling rate, duration, leads (canonical,
+in order), units, and quality findings against the model input. An unreadable file
+gets one line saying why (never a traceback); the others are still reported, and the
+exit status is 1 when any file could not be read. Patient identifiers are never printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from ..errors import LasanError
+from ..record import ECGRecord
+
+__all__ = ["configure", "run", "describe"]
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("files", nargs="+", metavar="FILE", help="DICOM, HL7 or WFDB (.hea) ECG files")
+    parser.add_argument("--json", action="store_true", help="one JSON object per file, one per line")
+
+
+def describe(record: ECGRecord, path: str) -> dict[str, Any]:
+    """The inspection summary of a record: no patient identifiers, JSON-serialisable."""
+    from ..quality import check_quality
+
+    acq = record.acquisition
+    return {
+        "path": path,
+        "format": acq.source_format,
+        "manufacturer": acq.manufacturer,
+        "device": acq.device,
+        "sop_class": acq.sop_class,
+        "fs": record.fs,
+        "duration_s": round(record.duration_s, 3),
+        "n_samples": record.n_samples,
+        "leads": list(record.leads),
+        "derived_leads": list(record.derived_leads),
+        "units": "mV",  # every reader converts to mV
+        "source_units": acq.original_units,
+        "quality": [finding.to_dict() for finding in check_quality(record)],
+        "notes": list(acq.notes),
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    from . import read_ecg
+
+    status = 0
+    for path in args.files:
+        try:
+            summary = describe(read_ecg(path), path)
+        except LasanError as exc:
+            reason = _one_line(str(exc))
+        except OSError as exc:
+            reason = f"cannot read the file: {exc.strerror or exc}"
+        except Exception as exc:  # a reader bug must not hide the other files' reports
+            reason = f"internal error while reading ({type(exc).__name__}: {_one_line(str(exc))}); please report it"
+        else:
+            print(json.dumps(summary) if args.json else _text(summary), flush=True)
+            continue
+        status = 1
+        where = "" if path in reason else f"{path}: "
+        print(f"lasan inspect: {where}{reason}", file=sys.stderr, flush=True)
+        if args.json:
+            print(json.dumps({"path": path, "error": reason}), flush=True)
+    return status
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _text(summary: dict[str, Any]) -> str:
+    device = " ".join(x for x in (summary["manufacturer"], summary["device"]) if x) or "unknown"
+    derived = f" (derived: {', '.join(summary['derived_leads'])})" if summary["derived_leads"] else ""
+    lines = [
+        f"{summary['path']}",
+        f"  format     {summary['format']}" + (f" ({summary['sop_class']})" if summary["sop_class"] else ""),
+        f"  device     {device}",
+        f"  rate       {summary['fs']:g} Hz, {summary['duration_s']:g} s, {summary['n_samples']} samples",
+        f"  leads      {' '.join(summary['leads'])}{derived}",
+        f"  units      mV (source: {summary['source_units']})",
+    ]
+    if summary["quality"]:
+        lines += [f"  {q['severity']:<9}  {q['code']}: {q['message']}" for q in summary["quality"]]
+    else:
+        lines.append("  quality    no findings")
+    lines += [f"  note       {note}" for note in summary["notes"]]
+    return "\n".join(lines)
