@@ -1,0 +1,234 @@
+"""Export the two model parts: TorchScript, ONNX, and TensorRT engines where CUDA is present.
+
+Every export is checked against the eager module on the same example batch; an export
+that does not reproduce it is not written (ONNX, TensorRT) or replaced by the plain
+scripted module (a frozen TorchScript that drifts beyond 1e-5).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ModelRepositoryError
+
+__all__ = [
+    "ExportResult",
+    "export_torchscript",
+    "export_onnx",
+    "cuda_available",
+    "tensorrt_environment",
+    "export_tensorrt",
+    "FREEZE_TOLERANCE",
+]
+
+log = logging.getLogger(__name__)
+
+FREEZE_TOLERANCE = 1e-5  # a frozen/optimised graph must match eager this closely, else we keep the plain script
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What one export wrote (``path`` None when it was skipped or failed; ``note`` says why)."""
+
+    kind: str  # torchscript | onnx | tensorrt
+    path: Path | None
+    note: str = ""
+    max_abs_diff: float | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def _as_tuple(out: Any) -> tuple[torch.Tensor, ...]:
+    return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+
+
+def _max_diff(a: Any, b: Any) -> float:
+    return max(float((x.float() - y.float()).abs().max()) for x, y in zip(_as_tuple(a), _as_tuple(b), strict=True))
+
+
+def export_torchscript(module: nn.Module, example: tuple[torch.Tensor, ...], path: Path) -> ExportResult:
+    """Script ``module`` (eval mode), freeze it if that keeps the numbers, and save it to ``path``.
+
+    Raises:
+        ModelRepositoryError: the module cannot be scripted or the script disagrees with eager.
+    """
+    module = module.eval()
+    with torch.inference_mode():
+        reference = module(*example)
+    try:
+        scripted = torch.jit.script(module)
+    except Exception as exc:  # TorchScript raises its own frontend errors
+        raise ModelRepositoryError(f"cannot TorchScript {type(module).__name__}: {exc}") from exc
+    with torch.inference_mode():
+        diff = _max_diff(scripted(*example), reference)
+    if diff > FREEZE_TOLERANCE:
+        raise ModelRepositoryError(f"the TorchScript {type(module).__name__} differs from eager by {diff:.2e}")
+    chosen, note = scripted, "scripted"
+    try:
+        frozen = torch.jit.freeze(scripted)
+        with torch.inference_mode():
+            frozen_diff = _max_diff(frozen(*example), reference)
+        if frozen_diff <= FREEZE_TOLERANCE:
+            chosen, note, diff = frozen, "scripted and frozen", frozen_diff
+        else:
+            note = f"scripted (freezing changed outputs by {frozen_diff:.2e}, so it was not used)"
+    except Exception as exc:  # freezing is an optimisation; the plain script is still valid
+        note = f"scripted (freezing failed: {type(exc).__name__})"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    chosen.save(str(path))
+    return ExportResult("torchscript", path, note, diff)
+
+
+def export_onnx(
+    module: nn.Module,
+    example: tuple[torch.Tensor, ...],
+    path: Path,
+    input_names: tuple[str, ...],
+    output_names: tuple[str, ...],
+) -> ExportResult:
+    """Export ``module`` to ONNX with named tensors and a dynamic batch axis; never raises.
+
+    ONNX is for inspection and ``trtexec`` users, so a failure is reported in the result
+    (and the build log) rather than stopping the build.
+    """
+    try:
+        import onnx
+    except ImportError:
+        return ExportResult("onnx", None, "onnx is not installed (pip install 'lasan[export]')")
+    axes = {name: {0: "batch"} for name in (*input_names, *output_names)}
+    buf = io.BytesIO()
+    try:
+        kwargs: dict[str, Any] = {"dynamo": False} if "dynamo" in torch.onnx.export.__code__.co_varnames else {}
+        torch.onnx.export(
+            module.eval(),
+            example,
+            buf,
+            input_names=list(input_names),
+            output_names=list(output_names),
+            dynamic_axes=axes,
+            opset_version=17,
+            **kwargs,
+        )
+        model = onnx.load_from_string(buf.getvalue())
+        onnx.checker.check_model(model)
+    except Exception as exc:  # exporter errors come from many layers (tracer, symbolic, checker)
+        msg = f"ONNX export of {type(module).__name__} failed: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+        log.warning(msg)
+        return ExportResult("onnx", None, msg)
+    names = ([i.name for i in model.graph.input], [o.name for o in model.graph.output])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buf.getvalue())
+    return ExportResult("onnx", path, "opset 17, dynamic batch axis", details={"inputs": names[0], "outputs": names[1]})
+
+
+def cuda_available() -> bool:
+    return bool(torch.cuda.is_available())
+
+
+def tensorrt_environment() -> dict[str, Any]:
+    """GPU name, compute capability and TensorRT / torch-tensorrt versions (what an engine is tied to).
+
+    Raises:
+        ModelRepositoryError: no CUDA device, or torch-tensorrt is not installed.
+    """
+    if not cuda_available():
+        raise ModelRepositoryError("no CUDA device: TensorRT engines must be built on the target GPU")
+    try:
+        import tensorrt
+        import torch_tensorrt
+    except ImportError as exc:
+        raise ModelRepositoryError(
+            f"TensorRT engines need torch-tensorrt matching this torch ({torch.__version__}): {exc}; "
+            "install lasan[tensorrt] on the target, or build with --no-engines to serve TorchScript"
+        ) from exc
+    major, minor = torch.cuda.get_device_capability()
+    return {
+        "gpu": torch.cuda.get_device_name(),
+        "compute_capability": f"{major}.{minor}",
+        "tensorrt": tensorrt.__version__,
+        "torch_tensorrt": torch_tensorrt.__version__,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+    }
+
+
+def export_tensorrt(
+    module: nn.Module,
+    example: tuple[torch.Tensor, ...],
+    path: Path,
+    *,
+    max_batch_size: int,
+    fp16: bool,
+    tolerance: float,
+) -> ExportResult:
+    """Build a serialized TensorRT engine (``model.plan``) with a dynamic batch profile 1 / min(8, N) / N.
+
+    The engine's tensor names are read back from the engine and returned in
+    ``details`` (``inputs``/``outputs``) so that config.pbtxt uses exactly those.
+
+    Raises:
+        ModelRepositoryError: no CUDA / torch-tensorrt, or the engine disagrees with eager beyond ``tolerance``.
+    """
+    env = tensorrt_environment()
+    import tensorrt as trt
+    import torch_tensorrt
+
+    module = module.eval().cuda()
+    opt = min(8, max_batch_size)
+    inputs = [
+        torch_tensorrt.Input(
+            min_shape=(1, *x.shape[1:]),
+            opt_shape=(opt, *x.shape[1:]),
+            max_shape=(max_batch_size, *x.shape[1:]),
+            dtype=torch.float32,
+        )
+        for x in example
+    ]
+    precisions = {torch.float16, torch.float32} if fp16 else {torch.float32}
+    try:
+        engine = torch_tensorrt.convert_method_to_trt_engine(
+            module, "forward", inputs=inputs, ir="dynamo", enabled_precisions=precisions
+        )
+    except Exception as exc:  # torch-tensorrt surfaces converter and builder errors
+        raise ModelRepositoryError(f"TensorRT conversion of {type(module).__name__} failed: {exc}") from exc
+    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+    cuda_engine = runtime.deserialize_cuda_engine(engine)
+    names = [cuda_engine.get_tensor_name(i) for i in range(cuda_engine.num_io_tensors)]
+    ins = [n for n in names if cuda_engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+    outs = [n for n in names if cuda_engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+    diff = _check_engine(cuda_engine, module, example, ins, outs)
+    if diff > tolerance:
+        raise ModelRepositoryError(
+            f"the TensorRT engine for {type(module).__name__} differs from eager by {diff:.2e} (> {tolerance:g})"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(bytes(engine))
+    details = {**env, "inputs": ins, "outputs": outs, "fp16": fp16, "profile": [1, opt, max_batch_size]}
+    return ExportResult("tensorrt", path, "TensorRT engine", diff, details)
+
+
+def _check_engine(
+    engine: Any, module: nn.Module, example: tuple[torch.Tensor, ...], ins: list[str], outs: list[str]
+) -> float:
+    context = engine.create_execution_context()
+    feeds = [x.cuda().contiguous() for x in example]
+    for name, x in zip(ins, feeds, strict=True):
+        context.set_input_shape(name, tuple(x.shape))
+        context.set_tensor_address(name, x.data_ptr())
+    with torch.inference_mode():
+        reference = _as_tuple(module(*feeds))
+    results = []
+    for name, ref in zip(outs, reference, strict=True):
+        out = torch.empty(tuple(context.get_tensor_shape(name)), dtype=ref.dtype, device="cuda")
+        context.set_tensor_address(name, out.data_ptr())
+        results.append(out)
+    stream = torch.cuda.current_stream()
+    context.execute_async_v3(stream.cuda_stream)
+    stream.synchronize()
+    return _max_diff(tuple(results), reference)

@@ -1,0 +1,360 @@
+"""Write a self-contained Triton model repository from a checkpoint.
+
+Layout (``cpu`` profile)::
+
+    OUT/
+      lasan/config.pbtxt  lasan/1/metadata.json                 ensemble
+      preprocess/config.pbtxt  preprocess/warmup/sampling_rate_hz
+      preprocess/1/model.py  preprocess/1/lasan_kernel/*.py  preprocess/1/metadata.json
+      encoder/1/model.py  encoder/1/model.pt  encoder/1/model.onnx  ...   (python backend + TorchScript)
+      fusion/...                                                          (same)
+      attention_outputs/1/model.py ...
+      lasan_build.json                                                    build summary (ignored by Triton)
+
+``gpu`` writes ``encoder``/``fusion`` as ``pytorch_libtorch`` (``model.pt``) or, when
+engines were built, ``tensorrt_plan`` (``model.plan``); ``jetson`` requires engines.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import __version__
+from .. import errors as lasan_core
+from ..checkpoint import LoadedCheckpoint, load_checkpoint
+from ..errors import ConfigError, ModelRepositoryError
+from ..preprocessing import KERNEL_MODULES
+from ..serving import ENCODER_MODEL, ENSEMBLE_MODEL, FUSION_MODEL, INPUT_SAMPLING_RATE, OUTPUTS_MODEL, PREPROCESS_MODEL
+from .export import ExportResult, cuda_available, export_onnx, export_tensorrt, export_torchscript
+from .spec import BuildOptions, ModelShape, ModelSpec, check_repository_spec, metadata_parameters, repository_spec
+
+__all__ = [
+    "DEFAULT_THRESHOLDS",
+    "SYNTHETIC_NOTICE",
+    "TEMPLATES",
+    "BuildReport",
+    "build_repository",
+    "write_repository",
+    "model_shape",
+    "served_thresholds",
+]
+
+log = logging.getLogger(__name__)
+
+# Used when a checkpoint carries no thresholds (e.g. trained without a validation split):
+# a low bar to flag for review, a high bar to call it. The metadata says they are defaults.
+DEFAULT_THRESHOLDS: dict[str, float] = {"screening": 0.3, "confirmation": 0.7}
+SYNTHETIC_NOTICE = "not a medical device; synthetic-data demo model"
+TEMPLATES = Path(__file__).resolve().parent.parent / "model_repository"
+KERNEL_PACKAGE = "lasan_kernel"
+TENSORRT_TOLERANCE = {False: 1e-3, True: 3e-2}  # FP32 / FP16 engines vs eager
+
+
+@dataclass(frozen=True)
+class BuildReport:
+    """What :func:`write_repository` produced."""
+
+    path: Path
+    profile: str
+    exports: tuple[ExportResult, ...]
+    engines_built: bool
+    notes: tuple[str, ...]
+
+
+def model_shape(ckpt: LoadedCheckpoint) -> ModelShape:
+    cfg = ckpt.config
+    lc = getattr(cfg, "lasan", cfg)
+    foundation = getattr(ckpt.model, "foundation_dim", None)
+    return ModelShape(
+        n_leads=lc.n_leads,
+        n_samples=lc.input.n_samples,
+        d_model=lc.d_model,
+        n_classes=len(lc.classes),
+        n_layers=lc.n_layers,
+        n_heads=lc.n_heads,
+        foundation_dim=int(foundation) if foundation is not None else None,
+    )
+
+
+def served_thresholds(ckpt: LoadedCheckpoint) -> tuple[dict[str, dict[str, float]], str]:
+    """Per-class screening/confirmation thresholds and where they came from ("checkpoint" / "default")."""
+    classes = ckpt.config.classes
+    stored = ckpt.info.thresholds or {}
+    out: dict[str, dict[str, float]] = {}
+    defaulted = False
+    for level, default in DEFAULT_THRESHOLDS.items():
+        given = stored.get(level, {}) or {}
+        out[level] = {}
+        for c in classes:
+            if c in given:
+                out[level][c] = float(given[c])
+            else:
+                out[level][c] = default
+                defaulted = True
+    if not defaulted:
+        return out, "checkpoint"
+    return out, "default" if not stored else "checkpoint, with defaults for missing classes"
+
+
+def _metadata(ckpt: LoadedCheckpoint, profile: str, thresholds: dict[str, Any], source: str) -> dict[str, Any]:
+    spec = ckpt.config.input
+    meta: dict[str, Any] = {
+        "name": "LASAN",
+        "model_kind": ckpt.config.kind,
+        "modality": "ECG (resting 12-lead; 8 independent leads used)",
+        "lead_order": list(spec.leads),
+        "input_leads_accepted": "8 (I, II, V1-V6) or 12 (I, II, III, aVR, aVL, aVF, V1-V6), canonical order",
+        "sampling_rate_hz": spec.fs,
+        "input_spec": spec.to_dict(),
+        "value_range": "input in mV at any rate 100-20000 Hz; model input per-lead z-scored, float32",
+        "classes": list(ckpt.config.classes),
+        "thresholds": thresholds,
+        "thresholds_source": source,
+        "intended_use": (
+            "research and engineering demonstration of ECG screening for ARVC and LQTS; "
+            "outputs are not a diagnosis and need review by a cardiologist"
+        ),
+        "training_data": ckpt.info.data_summary,
+        "metrics": ckpt.info.metrics,
+        "checkpoint_sha256": ckpt.sha256,
+        "checkpoint_created_at": ckpt.info.created_at,
+        "lasan_version": __version__,
+        "profile": profile,
+    }
+    if source != "checkpoint":
+        meta["thresholds_note"] = (
+            f"the checkpoint has no thresholds for some classes; defaults used: screening "
+            f"{DEFAULT_THRESHOLDS['screening']}, confirmation {DEFAULT_THRESHOLDS['confirmation']}"
+        )
+    if ckpt.info.synthetic:
+        meta["notice"] = SYNTHETIC_NOTICE
+    return meta
+
+
+def build_repository(
+    checkpoint: str | Path | LoadedCheckpoint,
+    out_dir: str | Path,
+    profile: str = "cpu",
+    *,
+    max_batch_size: int = 16,
+    instances: int = 1,
+    fp16: bool = False,
+    engines: bool | None = None,
+    onnx: bool = True,
+    overwrite: bool = True,
+) -> Path:
+    """Build a repository and return its path; see :func:`write_repository`."""
+    return write_repository(
+        checkpoint,
+        out_dir,
+        profile,
+        max_batch_size=max_batch_size,
+        instances=instances,
+        fp16=fp16,
+        engines=engines,
+        onnx=onnx,
+        overwrite=overwrite,
+    ).path
+
+
+def write_repository(
+    checkpoint: str | Path | LoadedCheckpoint,
+    out_dir: str | Path,
+    profile: str = "cpu",
+    *,
+    max_batch_size: int = 16,
+    instances: int = 1,
+    fp16: bool = False,
+    engines: bool | None = None,
+    onnx: bool = True,
+    overwrite: bool = True,
+) -> BuildReport:
+    """Export ``checkpoint`` and write the five-model repository for ``profile`` into ``out_dir``.
+
+    Args:
+        engines: build TensorRT engines (gpu/jetson). None: when CUDA is present. Jetson requires them.
+        onnx: also write ``model.onnx`` beside each part (for inspection and trtexec).
+        overwrite: replace an existing repository at ``out_dir``.
+
+    Raises:
+        CheckpointError: the checkpoint cannot be read.
+        ConfigError: bad options (unknown profile, jetson without CUDA, ...).
+        ModelRepositoryError: an export or a generated config is invalid.
+    """
+    ckpt = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load_checkpoint(checkpoint)
+    notes: list[str] = []
+    if engines is None:
+        engines = profile != "cpu" and cuda_available()
+    if profile == "gpu" and not engines:
+        notes.append(
+            "TensorRT engines were NOT built (no CUDA device here, or --no-engines): encoder and fusion are "
+            "TorchScript for pytorch_libtorch. Build on the target GPU to get model.plan engines."
+        )
+    if profile == "jetson" and not engines:
+        raise ConfigError(
+            "the jetson profile serves TensorRT FP16 engines, which must be built on the Jetson itself "
+            "(run `lasan build --profile jetson` there); use --profile gpu or cpu on this machine"
+        )
+    if profile == "cpu" and engines:
+        raise ConfigError("the cpu profile runs TorchScript in the python backend; engines need --profile gpu/jetson")
+    options = BuildOptions(
+        profile=profile,
+        max_batch_size=max_batch_size,
+        instances=instances,
+        fp16=fp16 or profile == "jetson",
+        engines=bool(engines),
+    )
+    if not TEMPLATES.is_dir():
+        raise ModelRepositoryError(f"the model_repository templates are missing at {TEMPLATES}; reinstall LASAN")
+    out = Path(out_dir)
+    if out.exists():
+        if not overwrite:
+            raise ModelRepositoryError(f"{out} already exists; remove it or allow overwriting")
+        if not (out / "lasan_build.json").is_file() and any(out.iterdir()):
+            raise ModelRepositoryError(f"{out} exists and is not a LASAN repository; refusing to replace it")
+        shutil.rmtree(out)
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+
+    thresholds, source = served_thresholds(ckpt)
+    meta = _metadata(ckpt, profile, thresholds, source)
+    shape = model_shape(ckpt)
+    exports, engine_names, export_meta = _export_parts(ckpt, shape, staging, options, onnx)
+    meta["export"] = export_meta
+    params = metadata_parameters(
+        {
+            "lead_order": meta["lead_order"],
+            "sampling_rate_hz": str(meta["sampling_rate_hz"]),
+            "classes": meta["classes"],
+            "thresholds": thresholds,
+            "thresholds_source": source,
+            "checkpoint_sha256": ckpt.sha256,
+            "input_spec": meta["input_spec"],
+            "model_kind": ckpt.config.kind,
+            "intended_use": meta["intended_use"],
+            **({"notice": SYNTHETIC_NOTICE} if ckpt.info.synthetic else {}),
+        }
+    )
+    specs = repository_spec(shape, options, params, engine_names)
+    texts = check_repository_spec(specs)
+    for spec in specs:
+        _write_model(staging, spec, texts[spec.name], meta, options, ckpt)
+    (staging / "lasan_build.json").write_text(
+        json.dumps(
+            {
+                "profile": profile,
+                "options": options.__dict__,
+                "notes": notes,
+                "metadata": meta,
+                "exports": [
+                    {
+                        "kind": e.kind,
+                        "path": str(e.path.relative_to(staging)) if e.path else None,
+                        "note": e.note,
+                        "max_abs_diff": e.max_abs_diff,
+                    }
+                    for e in exports
+                ],
+            },
+            indent=2,
+            default=str,
+        )
+    )
+    staging.replace(out)
+    for note in notes:
+        log.info(note)
+    exports = tuple(
+        ExportResult(e.kind, out / e.path.relative_to(staging) if e.path else None, e.note, e.max_abs_diff, e.details)
+        for e in exports
+    )
+    return BuildReport(out, profile, exports, bool(engines), tuple(notes))
+
+
+def _export_parts(
+    ckpt: LoadedCheckpoint, shape: ModelShape, root: Path, options: BuildOptions, onnx: bool
+) -> tuple[list[ExportResult], dict[str, tuple[tuple[str, ...], tuple[str, ...]]], dict[str, Any]]:
+    from .spec import ATTENTION, FOUNDATION_FEATURES, LEAD_FEATURES, LEAD_WEIGHTS, LOGITS, MODEL_INPUT
+
+    model = ckpt.model.eval()
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, shape.n_leads, shape.n_samples, generator=gen)  # (B, leads, T)
+    with torch.inference_mode():
+        enc_out = model.encoder_part()(x)
+    enc_example = tuple(enc_out) if isinstance(enc_out, (tuple, list)) else (enc_out,)
+    enc_names = (LEAD_FEATURES, FOUNDATION_FEATURES)[: len(enc_example)]
+    parts = (
+        (ENCODER_MODEL, model.encoder_part(), (x,), (MODEL_INPUT,), enc_names),
+        (FUSION_MODEL, model.fusion_part(), enc_example, enc_names, (LOGITS, LEAD_WEIGHTS, ATTENTION)),
+    )
+    results: list[ExportResult] = []
+    engine_names: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+    export_meta: dict[str, Any] = {"torch": torch.__version__, "engines": options.engines}
+    for name, module, example, in_names, out_names in parts:
+        version = root / name / "1"
+        results.append(export_torchscript(module, example, version / "model.pt"))
+        if onnx:
+            results.append(export_onnx(module, example, version / "model.onnx", in_names, out_names))
+        if options.engines:
+            res = export_tensorrt(
+                module,
+                example,
+                version / "model.plan",
+                max_batch_size=options.max_batch_size,
+                fp16=options.fp16,
+                tolerance=TENSORRT_TOLERANCE[options.fp16],
+            )
+            results.append(res)
+            engine_names[name] = (tuple(res.details["inputs"]), tuple(res.details["outputs"]))
+            export_meta["tensorrt"] = {k: v for k, v in res.details.items() if k not in ("inputs", "outputs")}
+            model.cpu()
+    return results, engine_names, export_meta
+
+
+def _write_model(
+    root: Path, spec: ModelSpec, text: str, meta: dict[str, Any], options: BuildOptions, ckpt: LoadedCheckpoint
+) -> None:
+    model_dir = root / spec.name
+    version = model_dir / "1"
+    version.mkdir(parents=True, exist_ok=True)
+    (model_dir / "config.pbtxt").write_text(text)
+    (version / "metadata.json").write_text(
+        json.dumps(
+            {**meta, "triton_model": spec.name, "inputs": _tensors(spec.inputs), "outputs": _tensors(spec.outputs)},
+            indent=2,
+            default=str,
+        )
+    )
+    if spec.name == ENSEMBLE_MODEL:
+        return
+    if spec.name == PREPROCESS_MODEL:
+        shutil.copy2(TEMPLATES / "preprocess" / "model.py", version / "model.py")
+        kernel = version / KERNEL_PACKAGE
+        kernel.mkdir()
+        core = Path(lasan_core.__file__).resolve().parent
+        for module in KERNEL_MODULES:
+            shutil.copy2(core / f"{module}.py", kernel / f"{module}.py")
+        (kernel / "__init__.py").write_text(
+            '"""A copy of lasan\'s numpy-only preprocessing made by `lasan build`; do not edit."""\n'
+        )
+        warmup = model_dir / "warmup"
+        warmup.mkdir()
+        (warmup / INPUT_SAMPLING_RATE).write_bytes(np.array([ckpt.config.input.fs], dtype=np.float32).tobytes())
+    elif spec.name == OUTPUTS_MODEL:
+        shutil.copy2(TEMPLATES / "attention_outputs" / "model.py", version / "model.py")
+    elif spec.backend == "python":  # encoder / fusion on the cpu profile
+        shutil.copy2(TEMPLATES / "torchscript" / "model.py", version / "model.py")
+    elif spec.platform == "tensorrt_plan":
+        (version / "model.pt").unlink(missing_ok=True)  # the plan is what Triton loads
+
+
+def _tensors(tensors: Any) -> list[dict[str, Any]]:
+    return [{"name": t.name, "dtype": t.dtype, "dims": list(t.dims)} for t in tensors]
