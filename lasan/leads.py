@@ -37,16 +37,20 @@ MODEL_LEADS: tuple[str, ...] = ("I", "II", "V1", "V2", "V3", "V4", "V5", "V6")
 LIMB_LEADS: tuple[str, ...] = STANDARD_LEADS[:6]
 PRECORDIAL_LEADS: tuple[str, ...] = STANDARD_LEADS[6:]
 
-# SCP-ECG lead numbers (EN 1064 / ISO 11073-91064). MDC_ECG_LEAD_* reuses them in
-# code partition 2, so the MDC numeric code is 2 * 65536 + number (131329 = lead I).
+# SCP-ECG lead numbers (EN 1064 / ISO 11073-91064). IEEE 11073-10101 reuses them in
+# code partition 2: DICOM writes the term code as "2:N" (CID 3001), while the numeric
+# codes HL7 senders put in OBX-3 are 2 * 65536 + 256 + N (the MDC_ECG_ELEC_POTL block,
+# 131329 = lead I), often labelled MDC_ECG_LEAD_I (IHE PCD examples). Both are read.
 _SCP_NUMBER: dict[str, int] = {
     "I": 1, "II": 2, "V1": 3, "V2": 4, "V3": 5, "V4": 6, "V5": 7, "V6": 8,
     "III": 61, "aVR": 62, "aVL": 63, "aVF": 64,
 }
 _MDC_PARTITION_OFFSET = 2 * 65536
+_MDC_POTENTIAL_BLOCK = 256
 
 MDC_CODES: dict[str, tuple[int, str]] = {
-    name: (_MDC_PARTITION_OFFSET + n, f"MDC_ECG_LEAD_{name.upper()}") for name, n in _SCP_NUMBER.items()
+    name: (_MDC_PARTITION_OFFSET + _MDC_POTENTIAL_BLOCK + n, f"MDC_ECG_LEAD_{name.upper()}")
+    for name, n in _SCP_NUMBER.items()
 }
 SCPECG_CODES: dict[str, str] = {name: f"5.6.3-9-{n}" for name, n in _SCP_NUMBER.items()}
 DICOM_CODE_MEANINGS: dict[str, str] = {
@@ -59,7 +63,7 @@ _BY_UPPER = {name.upper(): name for name in STANDARD_LEADS}
 _BY_NUMBER = {n: name for name, n in _SCP_NUMBER.items()}
 # European Einthoven spelling (D1 / DI ...).
 _EXTRA_ALIASES = {"D1": "I", "DI": "I", "D2": "II", "DII": "II", "D3": "III", "DIII": "III"}
-_LEAD_WORD = re.compile(r"^(?:LEAD|ECG[_ ]LEAD|MDC[_ ]ECG[_ ]LEAD)[_ ]?", re.IGNORECASE)
+_LEAD_WORD = re.compile(r"^(?:LEAD|ECG[_ ]LEAD|MDC[_ ]ECG[_ ]LEAD|MDC[_ ]ECG[_ ]ELEC[_ ]POTL)[_ ]?", re.IGNORECASE)
 _PARENTHETICAL = re.compile(r"\s*\(.*\)\s*$")
 _MDC_COLON = re.compile(r"^2:(\d+)$")
 _SCP_CODE = re.compile(r"^5\.6\.3-9-(\d+)$")
@@ -92,7 +96,7 @@ def canonical_lead(raw: str | int | None) -> str | None:
     for pattern in (_MDC_COLON, _SCP_CODE):
         match = pattern.match(text)
         if match:
-            return _BY_NUMBER.get(int(match.group(1)))
+            return _from_number(int(match.group(1))) if pattern is _MDC_COLON else _BY_NUMBER.get(int(match.group(1)))
     text = _PARENTHETICAL.sub("", text)
     text = _LEAD_WORD.sub("", text).strip().upper().replace(" ", "")
     if text in _BY_UPPER:
@@ -103,6 +107,8 @@ def canonical_lead(raw: str | int | None) -> str | None:
 def _from_number(code: int) -> str | None:
     if code >= _MDC_PARTITION_OFFSET:
         code -= _MDC_PARTITION_OFFSET
+    if code > _MDC_POTENTIAL_BLOCK:
+        code -= _MDC_POTENTIAL_BLOCK
     return _BY_NUMBER.get(code)
 
 
