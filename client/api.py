@@ -114,7 +114,11 @@ def _final_error(url: str, model: str, exc: InferenceServerException, attempts: 
 def _missing_model_error(url: str, model: str, index: Sequence[dict[str, Any]]) -> TritonUnavailableError:
     ready = sorted({m.get("name", "") for m in index if m.get("state") == "READY"})
     entry = [m for m in index if m.get("name") == model]
-    state = f" (state {entry[0].get('state', 'unknown')}: {entry[0].get('reason', '')})" if entry else " (not in the repository)"
+    state = (
+        f" (state {entry[0].get('state', 'unknown')}: {entry[0].get('reason', '')})"
+        if entry
+        else " (not in the repository)"
+    )
     return TritonUnavailableError(
         f"model '{model}' is not ready on Triton at {url}{state}; ready models: {', '.join(ready) or 'none'}. "
         "Check --model, or build the repository with 'lasan build' and restart the server"
@@ -383,9 +387,7 @@ class AsyncTritonScorer(_Common):
         )
         return self._decode(result, wire, started)
 
-    async def score_many(
-        self, records: Iterable[ECGRecord], *, concurrency: int = 16
-    ) -> list[Score | LasanError]:
+    async def score_many(self, records: Iterable[ECGRecord], *, concurrency: int = 16) -> list[Score | LasanError]:
         """Score all records with up to ``concurrency`` requests in flight; results in input order.
 
         A failure is returned in its item's place instead of raised.

@@ -60,7 +60,9 @@ class WireECG:
 
 
 def wire_ecg(record: ECGRecord) -> WireECG:
-    """The request for ``record``: all 12 standard leads when it has (or can derive) them, else the 8 model leads.
+    """The request for ``record``: its 12 standard leads when it has them all, else the 8 model leads.
+
+    Missing limb leads I or II are derived first (Einthoven/Goldberger, :mod:`lasan.leads`).
 
     Samples are sent unchanged (no filtering, no finiteness check): preprocessing and its
     validation happen in Triton, with the same code as training, so a bad waveform is
@@ -69,16 +71,15 @@ def wire_ecg(record: ECGRecord) -> WireECG:
     Raises:
         MissingLeadsError: a model lead is absent and cannot be derived from the others.
     """
-    full = record.with_derived_leads()
-    derived = tuple(lead for lead in full.derived_leads if lead not in record.derived_leads)
-    if all(lead in full.leads for lead in STANDARD_LEADS):
-        order = STANDARD_LEADS
-    elif all(lead in full.leads for lead in MODEL_LEADS):
-        order = MODEL_LEADS
-        derived = tuple(lead for lead in derived if lead in MODEL_LEADS)
-    else:
+    if all(lead in record.leads for lead in STANDARD_LEADS):
+        full, order, derived = record, STANDARD_LEADS, ()
+    else:  # send only the 8 model leads: deriving III/aVR/aVL/aVF would add rows the model ignores
+        full = record.with_derived_leads()
         missing = [lead for lead in MODEL_LEADS if lead not in full.leads]
-        raise MissingLeadsError(missing, record.leads)
+        if missing:
+            raise MissingLeadsError(missing, record.leads)
+        order = MODEL_LEADS
+        derived = tuple(lead for lead in MODEL_LEADS if lead in full.derived_leads and lead not in record.leads)
     # The server infers lead names from the row count alone; make sure we agree with it.
     assert leads_for_rows(len(order)) == order
     rows = np.stack([full.lead(lead) for lead in order]).astype(np.float32)  # (L, T)
