@@ -24,12 +24,24 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["FEATURE_NAMES", "T_WAVE_LEADS", "BeatMeasurements", "detect_r_peaks", "measure_beat", "clinical_features", "feature_matrix"]
+__all__ = [
+    "FEATURE_NAMES",
+    "T_WAVE_LEADS",
+    "BeatMeasurements",
+    "detect_r_peaks",
+    "measure_beat",
+    "clinical_features",
+    "feature_matrix",
+]
 
 # V1-V3 carry ARVC's T-wave inversion; II and V5 show LQTS T-wave morphology best.
 T_WAVE_LEADS: tuple[str, ...] = ("V1", "V2", "V3", "II", "V5")
 FEATURE_NAMES: tuple[str, ...] = (
-    "rr_ms", "qrs_ms", "qt_ms", "qtc_bazett_ms", "qtc_fridericia_ms",
+    "rr_ms",
+    "qrs_ms",
+    "qt_ms",
+    "qtc_bazett_ms",
+    "qtc_fridericia_ms",
     *(f"t_amp_rel_{lead}" for lead in T_WAVE_LEADS),
 )
 

@@ -256,7 +256,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--bootstrap must be at least 1")
     out = Path(args.out) if args.out else ckpt.path.parent / "report"
     training = ckpt.info.training
-    split_seed = int(_training_value(training, "split_seed", default=0))
+    split_seed = int(_training_value(training, "split_seed", default=ckpt.info.data_summary.get("split_seed", 0)))
     baseline_manifest: str | None = args.baseline_data
     if args.baselines and baseline_manifest is None:
         if args.split == "test":
@@ -276,6 +276,8 @@ def run(args: argparse.Namespace) -> int:
     report = evaluate(ckpt, data, n_boot=args.bootstrap, seed=args.seed, baselines=args.baselines)
     write_report(report, out)
     lasan_macro = report["models"][MODEL_NAME]["metrics"]["macro_auroc"]
-    print(f"LASAN macro-AUROC {lasan_macro['estimate']:.3f} (95% CI {lasan_macro['low']:.3f}-{lasan_macro['high']:.3f})")
+    print(
+        f"LASAN macro-AUROC {lasan_macro['estimate']:.3f} (95% CI {lasan_macro['low']:.3f}-{lasan_macro['high']:.3f})"
+    )
     print(f"report written to {out / 'report.md'}")
     return 0

@@ -86,9 +86,7 @@ def predict(model: nn.Module, x: np.ndarray, batch_size: int = 64, mask: tuple[i
         if lw is not None:
             weights.append(lw.numpy())
     empty = np.zeros((0, 0), dtype=np.float32)
-    return Predictions(
-        np.concatenate(probs) if probs else empty, np.concatenate(weights) if weights else None
-    )
+    return Predictions(np.concatenate(probs) if probs else empty, np.concatenate(weights) if weights else None)
 
 
 @torch.no_grad()
@@ -147,7 +145,9 @@ def lead_masking(
             "leads": [model_leads[i] for i in idx],
             "auroc": auc,
             "delta": {c: auc[c] - base[c] for c in classes},
-            "relative_drop_pct": {c: 100.0 * (base[c] - auc[c]) / base[c] if base[c] else float("nan") for c in classes},
+            "relative_drop_pct": {
+                c: 100.0 * (base[c] - auc[c]) / base[c] if base[c] else float("nan") for c in classes
+            },
         }
     return result
 

@@ -44,9 +44,7 @@ def screening_threshold(positive: np.ndarray, score: np.ndarray, target: float =
     return float(pos_scores[max(k, 1) - 1])
 
 
-def confirmation_threshold(
-    positive: np.ndarray, score: np.ndarray, target: float = CONFIRMATION_SPECIFICITY
-) -> float:
+def confirmation_threshold(positive: np.ndarray, score: np.ndarray, target: float = CONFIRMATION_SPECIFICITY) -> float:
     """Lowest threshold with specificity >= ``target``; nan without negatives."""
     positive = np.asarray(positive, dtype=bool)
     score = np.asarray(score, dtype=np.float64)

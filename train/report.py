@@ -69,7 +69,13 @@ def masking_finding(masking: dict[str, Any], group: str = "V1-V3") -> dict[str, 
         return {"group": group, "available": False}
     arvc, lqts = -entry["delta"]["ARVC"], -entry["delta"]["LQTS"]
     holds = bool(np.isfinite(arvc) and np.isfinite(lqts) and arvc > lqts)
-    return {"group": group, "available": True, "arvc_auroc_drop": arvc, "lqts_auroc_drop": lqts, "arvc_drop_exceeds_lqts": holds}
+    return {
+        "group": group,
+        "available": True,
+        "arvc_auroc_drop": arvc,
+        "lqts_auroc_drop": lqts,
+        "arvc_drop_exceeds_lqts": holds,
+    }
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -125,7 +131,9 @@ def _plots(report: dict[str, Any], out: Path) -> list[str]:
     for name, block in models.items():
         rel = block["reliability"]
         ax.plot(rel["confidence"], rel["accuracy"], marker="o", ms=3, label=f"{name} (ECE {_fmt(block['ece'])})")
-    ax.set(title="Reliability (top-label, 15 bins)", xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1.01))
+    ax.set(
+        title="Reliability (top-label, 15 bins)", xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1.01)
+    )
     ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     fig.savefig(out / "reliability.png", dpi=110)
@@ -188,41 +196,70 @@ def _markdown(report: dict[str, Any]) -> str:
         "|---|" + "---|" * len(models),
     ]
     for key in keys:
-        lines.append(f"| {key.replace('auroc_', 'AUROC ').replace('macro_auroc', 'macro-AUROC')} | "
-                     + " | ".join(_fmt_ci(block["metrics"].get(key)) for block in models.values()) + " |")
+        lines.append(
+            f"| {key.replace('auroc_', 'AUROC ').replace('macro_auroc', 'macro-AUROC')} | "
+            + " | ".join(_fmt_ci(block["metrics"].get(key)) for block in models.values())
+            + " |"
+        )
     lines.append("| ECE (15 bins) | " + " | ".join(_fmt(block["ece"]) for block in models.values()) + " |")
-    lines += ["", "## Confusion matrix (LASAN; rows true, columns predicted)", "",
-              "| | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
+    lines += [
+        "",
+        "## Confusion matrix (LASAN; rows true, columns predicted)",
+        "",
+        "| | " + " | ".join(classes) + " |",
+        "|---|" + "---|" * len(classes),
+    ]
     first = next(iter(models.values()))
     for c, row in zip(classes, first["confusion_matrix"], strict=True):
         lines.append(f"| **{c}** | " + " | ".join(str(v) for v in row) + " |")
     ops = report.get("operating_points") or {}
     if ops.get("test"):
-        lines += ["", "## Operating points (chosen on validation, measured here)", "",
-                  "| point | class | threshold | sensitivity | specificity |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Operating points (chosen on validation, measured here)",
+            "",
+            "| point | class | threshold | sensitivity | specificity |",
+            "|---|---|---|---|---|",
+        ]
         for point, per_class in ops["test"].items():
             for c, v in per_class.items():
-                lines.append(f"| {point} | {c} | {_fmt(v['threshold'])} | {_fmt(v['sensitivity'])} | {_fmt(v['specificity'])} |")
+                lines.append(
+                    f"| {point} | {c} | {_fmt(v['threshold'])} | {_fmt(v['sensitivity'])} | {_fmt(v['specificity'])} |"
+                )
     masking = report.get("lead_masking") or {}
     if masking:
-        lines += ["", "## Lead masking (AUROC change when the leads are zeroed)", "",
-                  "| group | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
+        lines += [
+            "",
+            "## Lead masking (AUROC change when the leads are zeroed)",
+            "",
+            "| group | " + " | ".join(classes) + " |",
+            "|---|" + "---|" * len(classes),
+        ]
         for g, entry in masking.items():
             if g != "none":
                 lines.append(f"| {g} | " + " | ".join(_fmt(entry["delta"][c]) for c in classes) + " |")
         finding = report.get("masking_finding", {})
         if finding.get("available"):
             verdict = "**does**" if finding["arvc_drop_exceeds_lqts"] else "**does not**"
-            lines += ["", f"Masking V1–V3 {verdict} lower ARVC AUROC more than LQTS AUROC "
-                      f"(ARVC drop {_fmt(finding['arvc_auroc_drop'])}, LQTS drop {_fmt(finding['lqts_auroc_drop'])}); "
-                      "the paper reports V1–V3 as the most important leads for ARVC."]
+            lines += [
+                "",
+                f"Masking V1–V3 {verdict} lower ARVC AUROC more than LQTS AUROC "
+                f"(ARVC drop {_fmt(finding['arvc_auroc_drop'])}, LQTS drop {_fmt(finding['lqts_auroc_drop'])}); "
+                "the paper reports V1–V3 as the most important leads for ARVC.",
+            ]
     comparison = report.get("attention_vs_masking") or {}
     if comparison:
-        lines += ["", "## Attention lead importance vs masking", "",
-                  "| class | Spearman (single-lead AUROC drop vs mean lead weight) | top lead by masking | top lead by attention |",
-                  "|---|---|---|---|"]
+        lines += [
+            "",
+            "## Attention lead importance vs masking",
+            "",
+            "| class | Spearman (single-lead AUROC drop vs mean lead weight) | top lead by masking | top lead by attention |",
+            "|---|---|---|---|",
+        ]
         for c, v in comparison.items():
-            lines.append(f"| {c} | {_fmt(v['spearman'], 2)} | {v['top_lead_by_masking']} | {v['top_lead_by_attention']} |")
+            lines.append(
+                f"| {c} | {_fmt(v['spearman'], 2)} | {v['top_lead_by_masking']} | {v['top_lead_by_attention']} |"
+            )
     if report.get("plots"):
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in report["plots"]]
     return "\n".join(lines) + "\n"

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from lasan.leads import MODEL_LEADS
-from lasan.preprocessing import InputSpec, preprocess_array
 from lasan.train.baselines import CNNTrainConfig, PlainCNN, fit_logistic, train_plain_cnn
 from lasan.train.clinical_features import FEATURE_NAMES, detect_r_peaks, feature_matrix, measure_beat
 from lasan.train.masking import predict
 from lasan.train.metrics import auroc, macro_auroc
+
+from lasan.leads import MODEL_LEADS
+from lasan.preprocessing import InputSpec, preprocess_array
 
 FS = 500.0
 CLASSES = ("ARVC", "LQTS", "control")
@@ -107,7 +107,9 @@ def test_plain_cnn_learns_a_channel_pattern():
     model = PlainCNN(8, 3, channels=(4, 8), kernel_size=7, hidden=8)
     assert model(torch.zeros(2, 8, t)).shape == (2, 3)
     before = macro_auroc(y[60:], predict(model, x[60:]).probs, CLASSES)
-    hist = train_plain_cnn(model, x[:60], y[:60], x[60:], y[60:], CLASSES, CNNTrainConfig(epochs=10, batch_size=16, lr=1e-2))
+    hist = train_plain_cnn(
+        model, x[:60], y[:60], x[60:], y[60:], CLASSES, CNNTrainConfig(epochs=10, batch_size=16, lr=1e-2)
+    )
     after = predict(model, x[60:]).probs
     assert hist["best_val_macro_auroc"] > 0.9 > before
     assert auroc(y[60:] == 0, after[:, 0]) > 0.9

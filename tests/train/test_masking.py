@@ -5,11 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
-from lasan.leads import MODEL_LEADS
-from lasan.models import LASANConfig, build_model
-from lasan.preprocessing import InputSpec
 from lasan.train.masking import (
     LEAD_GROUPS,
     attention_importance,
@@ -19,6 +14,11 @@ from lasan.train.masking import (
     predict,
     rank_correlation,
 )
+from torch import nn
+
+from lasan.leads import MODEL_LEADS
+from lasan.models import LASANConfig, build_model
+from lasan.preprocessing import InputSpec
 
 CLASSES = ("ARVC", "LQTS", "control")
 
@@ -65,8 +65,9 @@ def test_masking_the_only_informative_lead_kills_auroc_and_others_do_not():
 
 def test_lasan_fast_path_equals_zeroing_the_input():
     torch.manual_seed(0)
-    cfg = LASANConfig(input=InputSpec(n_samples=256), cnn_channels=(4, 8, 8, 16), d_model=16, n_heads=2, ff_dim=32,
-                      head_hidden=8)
+    cfg = LASANConfig(
+        input=InputSpec(n_samples=256), cnn_channels=(4, 8, 8, 16), d_model=16, n_heads=2, ff_dim=32, head_hidden=8
+    )
     model = build_model(cfg).eval()
 
     class Wrapped(nn.Module):  # not a LASAN instance: forces the full forward with zeroed input

@@ -6,8 +6,6 @@ import math
 
 import numpy as np
 import pytest
-from scipy.stats import mannwhitneyu
-
 from lasan.train.metrics import (
     auroc,
     confusion_matrix,
@@ -22,6 +20,7 @@ from lasan.train.metrics import (
     summary_metrics,
 )
 from lasan.train.operating_points import choose_operating_points, evaluate_operating_points
+from scipy.stats import mannwhitneyu
 
 CLASSES = ("ARVC", "LQTS", "control")
 
@@ -72,7 +71,12 @@ def test_macro_and_pairwise_auroc():
     # LQTS vs control: .889,.429 vs .222,.167 -> 1.0
     assert pair["LQTS_vs_control"] == 1.0
     assert set(summary_metrics(y, probs, CLASSES)) == {
-        "macro_auroc", "auroc_ARVC", "auroc_LQTS", "auroc_control", "auroc_ARVC_vs_control", "auroc_LQTS_vs_control"
+        "macro_auroc",
+        "auroc_ARVC",
+        "auroc_LQTS",
+        "auroc_control",
+        "auroc_ARVC_vs_control",
+        "auroc_LQTS_vs_control",
     }
 
 
