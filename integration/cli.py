@@ -1,0 +1,145 @@
+"""``lasan listen --config FILE.yaml``: run every enabled intake plus the result worker.
+
+:class:`IntegrationApp` wires the parts together from one validated config: the durable
+queue, the HL7 MLLP listener, the DICOM receiver, the watch folder, the worker and the
+metrics/health endpoint. SIGTERM or SIGINT stops intake first, lets the worker finish
+its current pass, then closes the queue; anything unfinished is simply still queued
+and resumes on the next start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+from typing import Any
+
+from .config import AppConfig, load_config, server_ssl_context
+from .logs import configure_logging, event
+from .metrics import Health, Metrics, MetricsServer
+from .queue import DurableQueue
+
+__all__ = ["IntegrationApp", "configure", "run", "serve"]
+
+log = logging.getLogger("lasan.integration.cli")
+
+
+class IntegrationApp:
+    """All enabled parts of the integration engine, started and stopped together.
+
+    Args:
+        scorer_factory: builds the async scorer (default: :class:`lasan.client.api.AsyncTritonScorer`
+            from ``config.triton``).
+    """
+
+    def __init__(self, config: AppConfig, *, scorer_factory: Any = None) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.health = Health()
+        self.queue = DurableQueue(config.storage.queue_db)
+        self._scorer_factory = scorer_factory
+        self.ports: dict[str, int] = {}
+        self._tasks: list[asyncio.Task] = []
+        self._parts: list[Any] = []
+
+    async def start(self) -> dict[str, int]:
+        """Start everything; returns the bound ports by part name.
+
+        Raises:
+            ConfigError: TLS material cannot be loaded.
+            OSError: a port is in use.
+        """
+        from .worker import ResultWorker
+
+        cfg = self.config
+        loop = asyncio.get_running_loop()
+        self.worker = ResultWorker(cfg, self.queue, self.metrics, self.health, self._scorer_factory)
+
+        def wake() -> None:  # may be called from pynetdicom's threads
+            loop.call_soon_threadsafe(self.worker.wake)
+
+        if cfg.listener.enabled:
+            from .listener import HL7Intake, MLLPListener
+
+            ctx = server_ssl_context(cfg.listener.tls) if cfg.listener.tls else None
+            intake = HL7Intake(cfg.listener, self.queue, self.metrics, self.health)
+            original = intake.handle
+
+            def handle_and_wake(raw: bytes, text: str) -> str:
+                ack = original(raw, text)
+                wake()
+                return ack
+
+            intake.handle = handle_and_wake  # type: ignore[method-assign]
+            self.listener = MLLPListener(cfg.listener, intake, ctx)
+            self.ports["hl7"] = await self.listener.start()
+            self._parts.append(self.listener)
+        if cfg.dicom.enabled:
+            from .dicom_receiver import DicomReceiver
+
+            self.dicom = DicomReceiver(cfg.dicom, self.queue, self.metrics, self.health,
+                                       disk_path=cfg.storage.queue_db.parent, on_stored=wake)
+            self.ports["dicom"] = await asyncio.to_thread(self.dicom.start)
+            self._parts.append(self.dicom)
+        if cfg.watch.enabled:
+            from .watch import WatchFolder
+
+            self.watch = WatchFolder(cfg.watch, self.queue, self.metrics, self.health,
+                                     default_charset=cfg.listener.default_charset, on_stored=self.worker.wake)
+            self._tasks.append(asyncio.create_task(self.watch.run(), name="watch"))
+            self._parts.append(self.watch)
+        if cfg.metrics.enabled:
+            self.metrics_server = MetricsServer(self.metrics, self.health, self.queue.counts)
+            self.ports["metrics"] = await self.metrics_server.start(cfg.metrics.host, cfg.metrics.port)
+            self._parts.append(self.metrics_server)
+        self._tasks.append(asyncio.create_task(self.worker.run(), name="worker"))
+        event("listen.ready", logging.INFO, log, queue_depth=self.queue.depth(),
+              **{f"{k}_port": v for k, v in self.ports.items()})
+        return dict(self.ports)
+
+    async def stop(self) -> None:
+        """Stop intake, then the worker; close the queue."""
+        for part in self._parts:
+            with contextlib.suppress(Exception):
+                result = part.stop()
+                if asyncio.iscoroutine(result):
+                    await result
+        if hasattr(self, "worker"):
+            self.worker.stop()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=30)
+        self.queue.close()
+        event("listen.stopped", logging.INFO, log)
+
+
+async def serve(config: AppConfig) -> int:
+    """Run until SIGTERM / SIGINT; returns the exit status."""
+    app = IntegrationApp(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await app.start()
+    await stop.wait()
+    event("listen.stopping", logging.INFO, log, reason="signal")
+    await app.stop()
+    return 0
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, metavar="FILE.yaml",
+                        help="the listener configuration (see configs/listener.example.yaml)")
+    parser.add_argument("--check", action="store_true", help="validate the configuration and exit")
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    if args.check:
+        print(f"{args.config}: configuration is valid")
+        return 0
+    configure_logging(config.logging.format, "DEBUG" if getattr(args, "verbose", False) else config.logging.level,
+                      config.logging.file)
+    return asyncio.run(serve(config))

@@ -1,0 +1,157 @@
+"""The DICOM receiver: C-ECHO and C-STORE of ECG waveforms into the durable queue.
+
+Only Verification, 12-lead ECG Waveform Storage and General ECG Waveform Storage are
+offered as presentation contexts, so any other SOP class is refused at association
+negotiation. Calling AE titles are checked against the configured allow-list (the
+association is rejected otherwise). Before accepting an object the free disk space
+where the queue lives is checked: below the threshold the answer is 0xA700 (out of
+resources) and the sender keeps the object for later.
+
+A C-STORE is answered success (0x0000) only after the object is validated and stored
+durably, the same rule as the HL7 listener's AA. Handlers run in pynetdicom's threads
+and turn every error into a failure status (STYLE rule 6, pynetdicom's ``attempt``),
+never an exception out of the handler.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from lasan.errors import BadWaveformError, ECGFormatError, MissingLeadsError, QueueStorageError, UnsupportedFormatError
+
+from .config import DicomConfig
+from .listener import validate_record
+from .logs import event
+from .metrics import Health, Metrics
+from .queue import DurableQueue, IdempotencyKey
+
+__all__ = ["DicomReceiver", "STATUS_SUCCESS", "STATUS_OUT_OF_RESOURCES", "STATUS_CANNOT_UNDERSTAND",
+           "STATUS_DATASET_MISMATCH", "STATUS_PROCESSING_FAILURE"]
+
+log = logging.getLogger("lasan.integration.dicom")
+
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700  # Refused: out of resources
+STATUS_DATASET_MISMATCH = 0xA900  # Error: data set does not match SOP class
+STATUS_CANNOT_UNDERSTAND = 0xC000  # Error: cannot understand
+STATUS_PROCESSING_FAILURE = 0xC211  # pynetdicom's "unhandled exception in handler"
+
+
+class DicomReceiver:
+    """A pynetdicom storage SCP bound to the durable queue.
+
+    Args:
+        on_stored: called (from a pynetdicom thread) after an object is stored, e.g. to wake the worker.
+    """
+
+    def __init__(
+        self,
+        config: DicomConfig,
+        queue: DurableQueue,
+        metrics: Metrics,
+        health: Health,
+        *,
+        disk_path: Path,
+        on_stored: Callable[[], None] | None = None,
+    ) -> None:
+        self.config, self.queue, self.metrics, self.health = config, queue, metrics, health
+        self._disk_path = disk_path
+        self._on_stored = on_stored
+        self._server: Any = None
+
+    def start(self) -> int:
+        """Start the SCP in background threads; returns the bound port."""
+        from pynetdicom import AE, evt
+        from pynetdicom.sop_class import (
+            GeneralECGWaveformStorage,
+            TwelveLeadECGWaveformStorage,
+            Verification,
+        )
+
+        ae = AE(ae_title=self.config.ae_title)
+        ae.add_supported_context(Verification)
+        ae.add_supported_context(TwelveLeadECGWaveformStorage)
+        ae.add_supported_context(GeneralECGWaveformStorage)
+        if self.config.allowed_calling_aets:
+            ae.require_calling_aet = list(self.config.allowed_calling_aets)
+        ae.maximum_pdu_size = 0  # unlimited: ECG objects are small, let the peer choose
+        handlers = [
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_REJECTED, self._on_rejected),
+        ]
+        self._server = ae.start_server((self.config.host, self.config.port), block=False, evt_handlers=handlers)
+        port = int(self._server.server_address[1])
+        event("dicom.listening", logging.INFO, log, ae_title=self.config.ae_title, host=self.config.host, port=port,
+              allowed_calling_aets=",".join(self.config.allowed_calling_aets) or "any")
+        return port
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+
+    def _on_echo(self, ev: Any) -> int:
+        event("dicom.echo", logging.INFO, log, calling_ae=ev.assoc.requestor.ae_title)
+        return STATUS_SUCCESS
+
+    def _on_rejected(self, ev: Any) -> None:
+        event("dicom.association_rejected", logging.WARNING, log, calling_ae=ev.assoc.requestor.ae_title,
+              reason="calling AE title not in dicom.allowed_calling_aets")
+
+    def free_disk_mb(self) -> float:
+        path = self._disk_path
+        while not path.exists() and path != path.parent:
+            path = path.parent
+        return shutil.disk_usage(path).free / 1e6
+
+    def _on_store(self, ev: Any) -> int:
+        calling = str(ev.assoc.requestor.ae_title).strip()
+        self.metrics.received.labels("dicom").inc()
+        try:
+            status = self._store(ev, calling)
+        except Exception as exc:  # noqa: BLE001 - STYLE rule 6: a failure status, never a dead SCP
+            event("dicom.handler_bug", logging.ERROR, log, calling_ae=calling, exc_type=type(exc).__name__)
+            self.health.error(f"dicom: {type(exc).__name__}")
+            status = STATUS_PROCESSING_FAILURE
+        self.metrics.acks.labels(f"dicom_{status:04X}").inc()
+        return status
+
+    def _store(self, ev: Any, calling: str) -> int:
+        free = self.free_disk_mb()
+        if free < self.config.min_free_disk_mb:
+            event("dicom.store_refused", logging.WARNING, log, calling_ae=calling, status="A700",
+                  reason=f"free disk {free:.0f} MB below dicom.min_free_disk_mb {self.config.min_free_disk_mb:g}")
+            self.health.error("dicom: disk space low, C-STORE refused")
+            return STATUS_OUT_OF_RESOURCES
+        raw = bytes(ev.encoded_dataset())
+        sop_uid = str(ev.request.AffectedSOPInstanceUID or "")
+        from lasan.formats.dicom import read_dicom
+
+        try:
+            record = read_dicom(raw)
+            validate_record(record)
+        except (UnsupportedFormatError, MissingLeadsError) as exc:
+            event("dicom.store_rejected", logging.WARNING, log, calling_ae=calling, sop_instance=sop_uid,
+                  status="A900", reason=str(exc))
+            return STATUS_DATASET_MISMATCH
+        except (ECGFormatError, BadWaveformError) as exc:
+            event("dicom.store_rejected", logging.WARNING, log, calling_ae=calling, sop_instance=sop_uid,
+                  status="C000", reason=str(exc))
+            return STATUS_CANNOT_UNDERSTAND
+        try:
+            outcome = self.queue.enqueue(IdempotencyKey(calling, "DICOM", sop_uid), raw, source="dicom", kind="dicom")
+        except QueueStorageError as exc:
+            self.health.error(str(exc))
+            event("dicom.store_failed", logging.ERROR, log, calling_ae=calling, sop_instance=sop_uid, status="A700",
+                  reason=str(exc))
+            return STATUS_OUT_OF_RESOURCES
+        event("dicom.stored", logging.INFO, log, calling_ae=calling, sop_instance=sop_uid, item=outcome.item_id,
+              duplicate=outcome.duplicate, leads=len(record.leads), fs=record.fs)
+        if self._on_stored is not None and not outcome.duplicate:
+            self._on_stored()
+        return STATUS_SUCCESS

@@ -1,0 +1,214 @@
+"""The result message: an HL7 v2.5.1 ORU^R01 carrying LASAN's score back to the hospital.
+
+Codes come from a local coding system, ``99LASAN`` (HL7's convention for local tables:
+``99zzz``); the table is in docs/integration.md. The result goes back to the patient and
+order it came from: the PID segment of the original HL7 message is copied verbatim (or
+built from the DICOM patient module), OBR-2 / OBR-3 repeat the original placer / filler
+order numbers, and an OBX plus OBR-20 carry the original MSH-10.
+
+Built by hand, not with hl7apy: the structure is fixed, and a base64 PDF in an ED OBX is
+hundreds of kilobytes that hl7apy would validate character by character.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from lasan.client.score import Score
+
+from lasan.record import PatientIdentity
+
+from .hl7_ack import escape_hl7
+
+__all__ = [
+    "CODE_SYSTEM",
+    "OrderContext",
+    "order_from_hl7",
+    "order_from_dicom",
+    "result_control_id",
+    "build_result",
+    "RESULT_CODES",
+]
+
+CODE_SYSTEM = "99LASAN"
+STANDARD_ENCODING = "^~\\&"
+
+# code -> (text, OBX-2 value type); per-class and per-lead codes are built from these stems.
+RESULT_CODES: dict[str, tuple[str, str]] = {
+    "LASAN-PANEL": ("LASAN inherited arrhythmia ECG analysis", "OBR-4"),
+    "ORIG-MSH10": ("Original message control ID", "ST"),
+    "MODEL": ("Model name and version", "ST"),
+    "PROB-<CLASS>": ("Probability of <class>", "NM"),
+    "PRED": ("Most probable class", "CWE"),
+    "SCR-<CLASS>": ("<class> at the screening operating point", "CWE"),
+    "CNF-<CLASS>": ("<class> at the confirmation operating point", "CWE"),
+    "DECISION": ("Decision at the configured operating point", "CWE"),
+    "LEADIMP-<LEAD>": ("Lead importance of <lead>", "NM"),
+    "REPORT-PDF": ("ECG report with lead-importance shading", "ED"),
+    "DISCLAIMER": ("Research use only; not a diagnosis", "ST"),
+}
+
+
+@dataclass(frozen=True)
+class OrderContext:
+    """Where the result must go: the original message, its patient and its order.
+
+    ``pid_segment`` and ``patient`` hold protected health information: they go into the
+    result message only, never into logs (``repr`` hides them).
+    """
+
+    original_control_id: str
+    sending_application: str
+    sending_facility: str
+    placer_order: str = ""
+    filler_order: str = ""
+    observation_time: str = ""  # HL7 TS
+    pid_segment: str | None = None  # verbatim from the original message (standard delimiters)
+    patient: PatientIdentity | None = None  # when there is no PID to copy (DICOM)
+
+    def __repr__(self) -> str:
+        return (f"OrderContext(control_id={self.original_control_id!r}, sender={self.sending_application!r}|"
+                f"{self.sending_facility!r}, <patient redacted>)")
+
+
+def _split_segments(text: str) -> list[str]:
+    return [s for s in re.split(r"\r\n|\r|\n", text) if s]
+
+
+def order_from_hl7(text: str) -> OrderContext:
+    """The order context of an original ORU message, reading MSH, PID and the first OBR only."""
+    segments = _split_segments(text.lstrip("\x0b"))
+    msh = segments[0]
+    sep, enc = msh[3], msh[4:8]
+    fields = msh.split(sep)
+
+    def msh_field(n: int) -> str:
+        return fields[n - 1] if len(fields) > n - 1 else ""
+
+    def first(value: str) -> str:
+        return value.split(enc[0])[0]
+
+    pid = None
+    placer = filler = obs_time = ""
+    for seg in segments[1:]:
+        tag = seg[:3]
+        if tag == "PID" and pid is None:
+            pid = seg
+        elif tag == "OBR" and not (placer or filler or obs_time):
+            f = seg.split(sep)
+            placer = f[2] if len(f) > 2 else ""
+            filler = f[3] if len(f) > 3 else ""
+            obs_time = first(f[7]) if len(f) > 7 else ""
+            break
+    standard = sep == "|" and enc == STANDARD_ENCODING
+    return OrderContext(
+        original_control_id=msh_field(10),
+        sending_application=first(msh_field(3)),
+        sending_facility=first(msh_field(4)),
+        placer_order=placer if standard else "",
+        filler_order=filler if standard else "",
+        observation_time=obs_time,
+        pid_segment=pid if (pid and standard) else None,
+    )
+
+
+def order_from_dicom(control_id: str, calling_ae: str, patient: PatientIdentity, accession: str = "",
+                     acquired_at: str | None = None) -> OrderContext:
+    """The order context of a DICOM ECG: accession number as filler order, SOP Instance UID as control ID."""
+    return OrderContext(
+        original_control_id=control_id,
+        sending_application=calling_ae,
+        sending_facility="DICOM",
+        filler_order=escape_hl7(accession) if accession else "",
+        observation_time=_iso_to_hl7(acquired_at),
+        patient=patient,
+    )
+
+
+def _iso_to_hl7(iso: str | None) -> str:
+    if not iso:
+        return ""
+    digits = re.sub(r"[^0-9]", "", iso.split("+")[0].split("Z")[0])
+    return digits[:14]
+
+
+def result_control_id(sender_app: str, sender_facility: str, control_id: str) -> str:
+    """A result MSH-10 that is the same for every attempt at one original message (ST(20))."""
+    digest = hashlib.sha256(f"{sender_app}|{sender_facility}|{control_id}".encode()).hexdigest()
+    return "LSN" + digest[:17].upper()
+
+
+def _pid_from_identity(patient: PatientIdentity | None) -> str:
+    p = patient or PatientIdentity()
+    name = escape_hl7(p.name or "").replace("\\S\\", "^")  # DICOM PN uses ^ like HL7 XPN
+    birth = re.sub(r"[^0-9]", "", p.birth_date or "")[:8]
+    sex = {"M": "M", "F": "F", "O": "O"}.get((p.sex or "").upper()[:1], "U" if p.sex else "")
+    return f"PID|1||{escape_hl7(p.patient_id or '')}||{name}||{birth}|{sex}"
+
+
+def _num(value: float) -> str:
+    # repr of the Python float: the same digits `lasan score --json` prints.
+    return repr(float(value))
+
+
+def _cwe(code: str, text: str) -> str:
+    return f"{code}^{escape_hl7(text)}^{CODE_SYSTEM}"
+
+
+def build_result(
+    order: OrderContext,
+    score: Score,
+    *,
+    control_id: str,
+    thresholds_mode: str = "screening",
+    application: str = "LASAN",
+    facility: str = "",
+    receiving_application: str = "",
+    receiving_facility: str = "",
+    pdf_report: bytes | None = None,
+    now: datetime | None = None,
+) -> str:
+    """The ORU^R01 result for one scored ECG (segments end with CR, standard delimiters).
+
+    ``thresholds_mode`` (``screening`` | ``confirmation``) picks the operating point
+    whose decision is reported in the DECISION OBX; both are always reported per class.
+    """
+    ts = (now or datetime.now(timezone.utc)).strftime("%Y%m%d%H%M%S")
+    recv_app = receiving_application or order.sending_application
+    recv_fac = receiving_facility or order.sending_facility
+    segments = [
+        f"MSH|^~\\&|{escape_hl7(application)}|{escape_hl7(facility)}|{escape_hl7(recv_app)}|{escape_hl7(recv_fac)}|"
+        f"{ts}||ORU^R01^ORU_R01|{control_id}|P|2.5.1|||AL|NE||UNICODE UTF-8",
+        order.pid_segment or _pid_from_identity(order.patient),
+        f"OBR|1|{order.placer_order}|{order.filler_order}|{_cwe('LASAN-PANEL', RESULT_CODES['LASAN-PANEL'][0])}"
+        f"|||{order.observation_time}|||||||||||||{escape_hl7(order.original_control_id)}||{ts}|||F",
+    ]
+    obx: list[str] = []
+
+    def add(value_type: str, code: str, text: str, value: str, units: str = "", sub_id: str = "") -> None:
+        obx.append(f"OBX|{len(obx) + 1}|{value_type}|{_cwe(code, text)}|{sub_id}|{value}|{units}|||||F|||{ts}")
+
+    add("ST", "ORIG-MSH10", RESULT_CODES["ORIG-MSH10"][0], escape_hl7(order.original_control_id))
+    add("ST", "MODEL", RESULT_CODES["MODEL"][0], escape_hl7(f"{score.model_name} {score.model_version}"))
+    for cls, p in score.probabilities.items():
+        add("NM", f"PROB-{cls.upper()}", f"Probability of {cls}", _num(p), "1^ratio^UCUM")
+    add("CWE", "PRED", RESULT_CODES["PRED"][0], _cwe(score.predicted_class.upper(), score.predicted_class))
+    for point, prefix, calls in (("screening", "SCR", score.screening), ("confirmation", "CNF", score.confirmation)):
+        for cls, positive in calls.items():
+            add("CWE", f"{prefix}-{cls.upper()}", f"{cls} at the {point} operating point",
+                _cwe("POS", "Positive") if positive else _cwe("NEG", "Negative"))
+    chosen = score.screening if thresholds_mode == "screening" else score.confirmation
+    flagged = [cls for cls, positive in chosen.items() if positive]
+    decision = "~".join(_cwe(c.upper(), f"{c} flagged") for c in flagged) or _cwe("NONE", "No inherited arrhythmia flagged")
+    add("CWE", "DECISION", f"Decision at the {thresholds_mode} operating point", decision)
+    for lead, weight in score.lead_importance.items():
+        add("NM", f"LEADIMP-{lead.upper()}", f"Lead importance of {lead}", _num(weight), "1^ratio^UCUM", sub_id=lead)
+    if pdf_report is not None:
+        data = base64.b64encode(pdf_report).decode("ascii")
+        add("ED", "REPORT-PDF", RESULT_CODES["REPORT-PDF"][0], f"LASAN^application^pdf^Base64^{data}")
+    add("ST", "DISCLAIMER", RESULT_CODES["DISCLAIMER"][0], "Research use only. Not a medical device. Not a diagnosis.")
+    return "\r".join(segments + obx) + "\r"

@@ -1,0 +1,313 @@
+"""The worker: score queued ECGs through Triton and deliver each result exactly once.
+
+Two stages per item, each driven only by what is in the durable queue:
+
+* ``received`` -> score through :class:`lasan.client.AsyncTritonScorer` (several in
+  flight), build the ORU^R01 result and store it (``scored``). The result's MSH-10 is
+  derived from the original sender and control ID, so it is the same on every attempt.
+* ``scored`` -> write the stored text to the outbox folder (atomic rename, same file name
+  every time), send it to the downstream MLLP endpoint and wait for ``AA`` with MSA-2 =
+  our MSH-10, then mark ``sent``.
+
+Failures never drop an item: Triton unreachable, a downstream error or an AE/AR reply
+schedule a retry with exponential backoff (``retry`` in the config). Only an ECG that can
+never be scored (the model refuses it, the stored message no longer reads) becomes
+``failed``, and stays in the database for review.
+
+Delivery guarantee: a crash after the downstream system received a result but before
+``sent`` was committed re-sends the *identical* message (same MSH-10, same content) on
+restart. Downstream systems must de-duplicate on MSH-10, as HL7 original-mode
+acknowledgement expects; with that, each ACKed message yields exactly one result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lasan.errors import ECGFormatError, HL7MessageError, LasanError, ScoringError, TritonUnavailableError
+from lasan.record import ECGRecord
+
+from .config import AppConfig, client_ssl_context
+from .hl7_ack import AA, parse_ack
+from .logs import event
+from .metrics import Health, Metrics
+from .mllp import MLLPClient, decode_hl7
+from .queue import DurableQueue, QueueItem
+from .results import OrderContext, build_result, order_from_dicom, order_from_hl7, result_control_id
+
+__all__ = ["ResultWorker", "load_item", "backoff_delay"]
+
+log = logging.getLogger("lasan.integration.worker")
+
+ScorerFactory = Callable[[], Any]  # returns an object with async connect()/score(record)/close()
+
+
+def backoff_delay(attempts: int, initial_s: float, max_s: float, factor: float = 2.0) -> float:
+    """Delay before attempt ``attempts + 1``: ``initial * factor**attempts``, capped at ``max_s``."""
+    return min(max_s, initial_s * factor ** max(0, attempts))
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    record: ECGRecord
+    order: OrderContext
+
+
+def load_item(item: QueueItem, default_charset: str = "utf-8") -> _Loaded:
+    """Re-read a stored message into the record to score and the order to answer.
+
+    Raises:
+        ECGFormatError: the stored bytes no longer read as an ECG (should not happen: they
+            were validated before the ACK).
+    """
+    if item.kind == "hl7":
+        from lasan.formats.hl7 import parse_oru
+
+        text, _ = decode_hl7(item.raw, default_charset)
+        return _Loaded(parse_oru(text).record, order_from_hl7(text))
+    if item.kind == "dicom":
+        from lasan.formats.dicom import read_dicom
+
+        record = read_dicom(item.raw)
+        accession = _dicom_accession(item.raw)
+        return _Loaded(record, order_from_dicom(item.key.control_id, item.key.sender_app, record.patient,
+                                                accession, record.acquisition.acquired_at))
+    raise HL7MessageError(f"queue item {item.id} has unknown kind {item.kind!r}")
+
+
+def _dicom_accession(raw: bytes) -> str:
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(raw), stop_before_pixels=True, specific_tags=["AccessionNumber"], force=True)
+    return str(ds.get("AccessionNumber", "") or "")
+
+
+def _write_atomic(folder: Path, name: str, text: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / name
+    tmp = folder / f".{name}.tmp"
+    with open(tmp, "wb") as fh:
+        fh.write(text.encode("utf-8"))
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, final)
+    return final
+
+
+class ResultWorker:
+    """Drains the queue until :meth:`stop`; see the module docstring for the guarantees."""
+
+    def __init__(
+        self,
+        config: AppConfig,
+        queue: DurableQueue,
+        metrics: Metrics,
+        health: Health,
+        scorer_factory: ScorerFactory | None = None,
+        *,
+        poll_interval_s: float = 0.2,
+    ) -> None:
+        self.config, self.queue, self.metrics, self.health = config, queue, metrics, health
+        self._scorer_factory = scorer_factory or self._default_scorer
+        self._scorer: Any = None
+        self._poll = poll_interval_s
+        self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._downstream: MLLPClient | None = None
+
+    def _default_scorer(self) -> Any:
+        from lasan.client.api import AsyncTritonScorer
+
+        t = self.config.triton
+        # Few in-client retries: the queue is the retry mechanism, with its own backoff.
+        return AsyncTritonScorer(t.url, t.model, timeout_s=t.timeout_s, retries=1, backoff_s=0.2, max_backoff_s=1.0)
+
+    def wake(self) -> None:
+        """Ask the worker to look at the queue now (call from the event loop's thread)."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Process due items until stopped. Never raises for an item's failure."""
+        event("worker.started", logging.INFO, log, triton=self.config.triton.url, model=self.config.triton.model,
+              downstream=f"{self.config.downstream.host}:{self.config.downstream.port}" if self.config.downstream else None)
+        try:
+            while not self._stop.is_set():
+                try:
+                    worked = await self.run_once()
+                except Exception as exc:  # noqa: BLE001 - e.g. the queue DB is briefly unreadable: wait, go on
+                    self.health.error(f"worker: {exc}")
+                    event("worker.error", logging.ERROR, log, exc_type=type(exc).__name__, exc=str(exc))
+                    worked = False
+                if not worked:
+                    self._wake.clear()
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), self._poll)
+                    except asyncio.TimeoutError:
+                        pass
+        finally:
+            await self._close_scorer()
+            if self._downstream is not None:
+                await self._downstream.close()
+
+    async def run_once(self) -> bool:
+        """One pass over the due items; True when something was attempted."""
+        limit = max(8, 4 * self.config.scoring.concurrency)
+        items = await asyncio.to_thread(self.queue.due, None, limit)
+        if not items:
+            return False
+        to_score = [i for i in items if i.state == "received"]
+        if to_score:
+            gate = asyncio.Semaphore(self.config.scoring.concurrency)
+
+            async def one(item: QueueItem) -> None:
+                async with gate:
+                    await self._score(item)
+
+            await asyncio.gather(*(one(i) for i in to_score))
+        # Send in queue order, one at a time (original-mode ACK on one connection).
+        for item in items:
+            if self._stop.is_set():
+                break
+            if item.state == "received":
+                item = await asyncio.to_thread(self.queue.get, item.id)
+            if item.state == "scored":
+                await self._send(item)
+        return True
+
+    # -- stage 1: score --------------------------------------------------------------------
+
+    async def _score(self, item: QueueItem) -> None:
+        ids = {"item": item.id, "control_id": item.key.control_id, "sender": f"{item.key.sender_app}|{item.key.sender_facility}"}
+        try:
+            loaded = await asyncio.to_thread(load_item, item, self.config.listener.default_charset)
+        except ECGFormatError as exc:
+            await self._fail(item, f"stored message does not read: {exc}", ids)
+            return
+        try:
+            if self._scorer is None:
+                self._scorer = self._scorer_factory()
+            started = time.perf_counter()
+            score = await self._scorer.score(loaded.record, request_id=item.key.control_id[:64])
+            self.metrics.scoring_latency.observe(time.perf_counter() - started)
+            self.health.triton_reachable = True
+            self.metrics.triton_up.set(1)
+        except TritonUnavailableError as exc:
+            self.health.triton_reachable = False
+            self.metrics.triton_up.set(0)
+            # A fresh gRPC channel next time: an old one can sit in a long reconnect backoff.
+            await self._close_scorer()
+            await self._retry(item, "score", f"Triton unavailable: {exc}", ids)
+            return
+        except (ScoringError, ECGFormatError) as exc:
+            await self._fail(item, f"the model refused this ECG: {exc}", ids)
+            return
+        except Exception as exc:  # noqa: BLE001 - unknown: keep the item, try again later
+            await self._close_scorer()
+            await self._retry(item, "score", f"{type(exc).__name__}: {exc}", ids)
+            return
+        pdf = await self._pdf(loaded.record, score, ids) if self.config.scoring.pdf_report else None
+        downstream = self.config.downstream
+        control_id = result_control_id(item.key.sender_app, item.key.sender_facility, item.key.control_id)
+        result = build_result(
+            loaded.order,
+            score,
+            control_id=control_id,
+            thresholds_mode=self.config.scoring.thresholds_mode,
+            application=self.config.listener.application,
+            facility=self.config.listener.facility,
+            receiving_application=downstream.application if downstream else "",
+            receiving_facility=downstream.facility if downstream else "",
+            pdf_report=pdf,
+        )
+        await asyncio.to_thread(self.queue.mark_scored, item.id, result, control_id)
+        event("worker.scored", logging.INFO, log, result_control_id=control_id, predicted=score.predicted_class,
+              model_version=score.model_version, **ids)
+
+    async def _pdf(self, record: ECGRecord, score: Any, ids: dict) -> bytes | None:
+        def render() -> bytes:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+            from lasan.client.report import render_report
+
+            fig = render_report(record, score)
+            buf = io.BytesIO()
+            try:
+                fig.savefig(buf, format="pdf")
+            finally:
+                plt.close(fig)
+            return buf.getvalue()
+
+        try:
+            return await asyncio.to_thread(render)
+        except Exception as exc:  # noqa: BLE001 - a missing report must not block the result
+            event("worker.report_failed", logging.WARNING, log, exc_type=type(exc).__name__, **ids)
+            return None
+
+    # -- stage 2: deliver ------------------------------------------------------------------
+
+    async def _send(self, item: QueueItem) -> None:
+        assert item.result is not None and item.result_control_id is not None
+        ids = {"item": item.id, "control_id": item.key.control_id, "result_control_id": item.result_control_id}
+        try:
+            await asyncio.to_thread(_write_atomic, self.config.storage.outbox, f"{item.result_control_id}.hl7", item.result)
+        except OSError as exc:
+            await self._retry(item, "outbox", f"cannot write the outbox: {exc}", ids)
+            return
+        downstream = self.config.downstream
+        if downstream is not None:
+            if self._downstream is None:
+                ctx = client_ssl_context(downstream.tls) if downstream.tls else None
+                self._downstream = MLLPClient(downstream.host, downstream.port, ssl_context=ctx,
+                                              timeout_s=downstream.timeout_s)
+            try:
+                reply = await self._downstream.send(item.result)
+                ack = parse_ack(reply)
+            except (OSError, asyncio.TimeoutError, LasanError) as exc:
+                await self._retry(item, "send", f"downstream {downstream.host}:{downstream.port}: "
+                                  f"{type(exc).__name__}: {exc}", ids)
+                return
+            if ack.code not in (AA, "CA") or ack.control_id != item.result_control_id:
+                await self._retry(item, "send", f"downstream answered {ack.code} for {ack.control_id!r}: {ack.text}", ids)
+                return
+        await asyncio.to_thread(self.queue.mark_sent, item.id)
+        self.metrics.results_sent.inc()
+        event("worker.sent", logging.INFO, log, attempts=item.attempts + 1, **ids)
+
+    # -- bookkeeping ------------------------------------------------------------------------
+
+    async def _retry(self, item: QueueItem, stage: str, error: str, ids: dict) -> None:
+        r = self.config.retry
+        delay = backoff_delay(item.attempts, r.initial_s, r.max_s, r.factor)
+        attempts = await asyncio.to_thread(self.queue.schedule_retry, item.id, error, delay)
+        self.metrics.retries.labels(stage).inc()
+        self.health.error(f"{stage}: {error}")
+        event("worker.retry", logging.WARNING, log, stage=stage, attempts=attempts, delay_s=round(delay, 3),
+              error=error, **ids)
+
+    async def _fail(self, item: QueueItem, error: str, ids: dict) -> None:
+        await asyncio.to_thread(self.queue.mark_failed, item.id, error)
+        self.metrics.failures.inc()
+        self.health.error(error)
+        event("worker.failed", logging.ERROR, log, error=error, **ids)
+
+    async def _close_scorer(self) -> None:
+        scorer, self._scorer = self._scorer, None
+        if scorer is not None:
+            try:
+                await scorer.close()
+            except Exception:  # noqa: BLE001 - closing a broken channel may itself fail
+                pass

@@ -1,0 +1,111 @@
+"""The durable queue: idempotency, state machine, survival across reopen and a killed writer."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+from lasan.integration.queue import DurableQueue, IdempotencyKey
+
+from lasan.errors import QueueStorageError
+
+KEY = IdempotencyKey("CART", "WARD", "C1")
+
+
+def test_wal_and_full_sync(tmp_path):
+    q = DurableQueue(tmp_path / "q.sqlite")
+    assert q._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert q._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def test_duplicate_key_returns_the_stored_ack_and_stores_nothing(tmp_path):
+    q = DurableQueue(tmp_path / "q.sqlite")
+    first = q.enqueue(KEY, b"raw1", source="hl7", kind="hl7", ack="ACK-1")
+    again = q.enqueue(KEY, b"raw2", source="hl7", kind="hl7", ack="ACK-2")
+    assert not first.duplicate and again.duplicate
+    assert again.ack == "ACK-1" and again.item_id == first.item_id
+    assert q.lookup(KEY).ack == "ACK-1"
+    assert q.lookup(IdempotencyKey("CART", "OTHER WARD", "C1")) is None  # key includes the facility
+    assert q.counts()["received"] == 1 and q.get(first.item_id).raw == b"raw1"
+
+
+def test_state_machine_and_retry(tmp_path):
+    q = DurableQueue(tmp_path / "q.sqlite")
+    item = q.enqueue(KEY, b"raw", source="hl7", kind="hl7").item_id
+    assert [i.id for i in q.due()] == [item]
+    assert q.schedule_retry(item, "triton down", delay_s=3600) == 1
+    assert q.due() == []  # not due for an hour
+    assert [i.id for i in q.due(now=q.get(item).next_attempt_at + 1)] == [item]
+    q.mark_scored(item, "RESULT", "LSN1")
+    with pytest.raises(QueueStorageError, match="state received"):
+        q.mark_scored(item, "OTHER", "LSN2")  # a second scoring can never overwrite the stored result
+    got = q.get(item)
+    assert (got.state, got.result, got.attempts) == ("scored", "RESULT", 1)
+    q.mark_sent(item)
+    assert q.due() == [] and q.counts() == {"received": 0, "scored": 0, "sent": 1, "failed": 0}
+    with pytest.raises(QueueStorageError):
+        q.mark_sent(item)
+
+
+def test_failed_items_are_kept(tmp_path):
+    q = DurableQueue(tmp_path / "q.sqlite")
+    item = q.enqueue(KEY, b"raw", source="hl7", kind="hl7").item_id
+    q.mark_failed(item, "model refused")
+    assert q.get(item).state == "failed" and q.get(item).last_error == "model refused"
+    assert q.due() == []
+
+
+def test_reopen_resumes(tmp_path):
+    path = tmp_path / "q.sqlite"
+    q = DurableQueue(path)
+    a = q.enqueue(KEY, b"a", source="hl7", kind="hl7", ack="A").item_id
+    b = q.enqueue(IdempotencyKey("CART", "WARD", "C2"), b"b", source="hl7", kind="hl7").item_id
+    q.mark_scored(b, "RESULT-B", "LSNB")
+    q.close()
+    q2 = DurableQueue(path)
+    due = {i.id: i for i in q2.due()}
+    assert set(due) == {a, b}
+    assert due[b].state == "scored" and due[b].result == "RESULT-B"  # a resend uses the stored text
+    assert q2.enqueue(KEY, b"again", source="hl7", kind="hl7").ack == "A"
+
+
+def test_commit_survives_a_killed_process(tmp_path):
+    """A writer SIGKILLed right after enqueue returns: the item is there (WAL, synchronous=FULL)."""
+    path = tmp_path / "q.sqlite"
+    code = (
+        "import os, signal, sys\n"
+        "from lasan.integration.queue import DurableQueue, IdempotencyKey\n"
+        f"q = DurableQueue({str(path)!r})\n"
+        "for i in range(20):\n"
+        "    q.enqueue(IdempotencyKey('CART', 'WARD', f'K{i}'), b'x' * 1000, source='hl7', kind='hl7', ack='A')\n"
+        "print('stored', flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == -9 and "stored" in proc.stdout
+    q = DurableQueue(path)
+    assert q.counts()["received"] == 20
+
+
+def test_unwritable_location_is_a_queue_storage_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(QueueStorageError, match="storage.queue_db"):
+        DurableQueue(blocker / "q.sqlite")
+
+
+def test_storage_failure_raises_queue_storage_error(tmp_path):
+    q = DurableQueue(tmp_path / "q.sqlite")
+    other = sqlite3.connect(str(tmp_path / "q.sqlite"), timeout=0)
+    other.execute("BEGIN EXCLUSIVE")  # another writer holds the lock
+    q._db.execute("PRAGMA busy_timeout=50")
+    try:
+        with pytest.raises(QueueStorageError):
+            q.enqueue(KEY, b"raw", source="hl7", kind="hl7")
+    finally:
+        other.rollback()
+        other.close()
+    assert os.path.exists(tmp_path / "q.sqlite")
