@@ -92,15 +92,21 @@ def dataset_to_record(ds, *, what: str = "the DICOM object") -> ECGRecord:
         Same as :func:`read_dicom`.
     """
     sop = str(ds.get("SOPClassUID", "") or getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", ""))
+    if not sop and len(ds) == 0:
+        raise MalformedECGError(f"{what} holds no data elements after its header: it is truncated or empty")
     if sop not in ECG_SOP_CLASSES:
         raise UnsupportedFormatError(
             f"{what} is a {_sop_name(sop)} object (SOP class {sop or 'missing'}), not an ECG; LASAN reads "
             "12-lead ECG Waveform Storage and General ECG Waveform Storage"
         )
+    if "WaveformSequence" not in ds:
+        raise MalformedECGError(
+            f"{what} is an ECG object without a Waveform Sequence: the file is truncated or incomplete"
+        )
     try:
         groups = list(ds.WaveformSequence)
     except Exception as exc:
-        raise MalformedECGError(f"{what} has no readable Waveform Sequence ({exc})") from exc
+        raise MalformedECGError(f"{what} has an unreadable Waveform Sequence ({exc})") from exc
     if not groups:
         raise MalformedECGError(f"{what} has an empty Waveform Sequence: no waveform to read")
     group = _rhythm_group(groups)
