@@ -38,7 +38,9 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         if (self.manifest is None) == (self.synth is None):
-            raise ConfigError("data: give exactly one of 'manifest' (a CSV of your ECG files) or 'synth' (a synthetic cohort)")
+            raise ConfigError(
+                "data: give exactly one of 'manifest' (a CSV of your ECG files) or 'synth' (a synthetic cohort)"
+            )
         if self.synth is not None:
             unknown = set(self.synth) - {"out", "patients", "seed"}
             if unknown:
@@ -105,7 +107,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.pretrain is not None:
             if not isinstance(self.model, HybridConfig) or self.model.encoder.kind != "builtin":
-                raise ConfigError("pretrain: only a hybrid model with a builtin encoder can be pretrained by lasan train")
+                raise ConfigError(
+                    "pretrain: only a hybrid model with a builtin encoder can be pretrained by lasan train"
+                )
 
     @property
     def cache_dir(self) -> Path:

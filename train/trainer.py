@@ -197,7 +197,7 @@ def train_model(
     optimizer = _optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
     gen = torch.Generator().manual_seed(cfg.seed)  # shuffling and augmentation
-    augment = Augment(fs=float(getattr(model.config, "input").fs)) if cfg.augment else None
+    augment = Augment(fs=float(model.config.input.fs)) if cfg.augment else None
     state_file = Path(state_path) if state_path else None
 
     start, best, best_epoch, bad, history = 0, -math.inf, 0, 0, []
@@ -242,7 +242,12 @@ def train_model(
         val_probs = predict(model, val, device=device)
         auroc = macro_auroc(val.y, val_probs, val.classes)
         with torch.no_grad():
-            val_loss = float(criterion(torch.log(torch.from_numpy(val_probs).clamp_min(1e-12)).to(device), torch.from_numpy(val.y).to(device)))
+            val_loss = float(
+                criterion(
+                    torch.log(torch.from_numpy(val_probs).clamp_min(1e-12)).to(device),
+                    torch.from_numpy(val.y).to(device),
+                )
+            )
         score = auroc if math.isfinite(auroc) else -math.inf
         if score > best:
             best, best_epoch, bad = score, epoch + 1, 0
@@ -250,11 +255,22 @@ def train_model(
         else:
             bad += 1
         history.append(
-            {"epoch": epoch + 1, "train_loss": total / max(count, 1), "val_loss": val_loss, "val_macro_auroc": auroc, "encoder_frozen": float(frozen)}
+            {
+                "epoch": epoch + 1,
+                "train_loss": total / max(count, 1),
+                "val_loss": val_loss,
+                "val_macro_auroc": auroc,
+                "encoder_frozen": float(frozen),
+            }
         )
         log.info(
             "epoch %d/%d  train loss %.4f  val loss %.4f  val macro-AUROC %.4f%s",
-            epoch + 1, cfg.epochs, history[-1]["train_loss"], val_loss, auroc, "  (encoder frozen)" if frozen else "",
+            epoch + 1,
+            cfg.epochs,
+            history[-1]["train_loss"],
+            val_loss,
+            auroc,
+            "  (encoder frozen)" if frozen else "",
         )
         stopped_early = bad >= cfg.patience
         if state_file is not None:

@@ -169,7 +169,9 @@ def _hubert_from_spec(spec: EncoderSpec, input_spec: InputSpec) -> HubertECGEnco
     try:
         from transformers import HubertConfig, HubertModel
     except ImportError as exc:  # optional extra
-        raise ConfigError("the hubert_ecg encoder needs the 'transformers' package (pip install lasan[hubert])") from exc
+        raise ConfigError(
+            "the hubert_ecg encoder needs the 'transformers' package (pip install lasan[hubert])"
+        ) from exc
     opts = dict(spec.options)
     hf_config = opts.pop("hf_config", None)
     out_dim = opts.pop("out_dim", None)
@@ -264,7 +266,7 @@ def self_contained_spec(spec: EncoderSpec, encoder: nn.Module) -> tuple[EncoderS
             data = Path(spec.path).read_bytes()
         except OSError as exc:
             raise ConfigError(f"cannot read TorchScript encoder {spec.path}: {exc}") from exc
-        options = {**spec.options, "out_dim": int(getattr(encoder, "out_dim"))}
+        options = {**spec.options, "out_dim": int(encoder.out_dim)}
         return replace(spec, path=None, options=options), {TORCHSCRIPT_ASSET: data}
     if spec.kind == "hubert_ecg" and isinstance(encoder, HubertECGEncoder):
         hf_config = encoder.hubert.config.to_dict()

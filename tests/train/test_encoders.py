@@ -31,9 +31,16 @@ def tiny_hubert_dir(tmp_path):
     """A randomly initialised, tiny HubertModel saved the way a downloaded HuBERT-ECG folder is."""
     torch.manual_seed(0)
     cfg = transformers.HubertConfig(
-        hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-        conv_dim=(8, 8), conv_kernel=(10, 3), conv_stride=(5, 2),
-        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, vocab_size=4,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        conv_dim=(8, 8),
+        conv_kernel=(10, 3),
+        conv_stride=(5, 2),
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
+        vocab_size=4,
     )
     path = tmp_path / "hubert-ecg-tiny"
     transformers.HubertModel(cfg).save_pretrained(path)

@@ -54,7 +54,7 @@ def test_scripted_parts_give_the_eager_outputs(model):
         expected = model(x)
         features = encoder(x)
         got = fusion(*features) if isinstance(features, tuple) else fusion(features)
-    for e, g in zip(expected, got):
+    for e, g in zip(expected, got, strict=True):
         torch.testing.assert_close(g, e)
 
 

@@ -6,14 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from lasan.errors import CheckpointError, ConfigError
-from lasan.models import CLASSES, EncoderSpec, HybridConfig, LASANConfig, build_model
-from lasan.preprocessing import InputSpec
 from lasan.train.dataset import Augment, ECGArrays
 from lasan.train.pretrain import pretrain_encoder, segment_mask
 from lasan.train.train_config import PretrainConfig, TrainConfig, TrainingConfig
 from lasan.train.trainer import foundation_frozen, train_model
+
+from lasan.errors import CheckpointError, ConfigError
+from lasan.models import CLASSES, EncoderSpec, HybridConfig, LASANConfig, build_model
+from lasan.preprocessing import InputSpec
 
 T = 256
 TINY = LASANConfig(
@@ -22,7 +22,9 @@ TINY = LASANConfig(
 
 
 def hybrid(strategy: str, lp_epochs: int = 1) -> HybridConfig:
-    enc = EncoderSpec(kind="builtin", strategy=strategy, lp_epochs=lp_epochs, options={"width": 4, "depth": 2, "out_dim": 8})
+    enc = EncoderSpec(
+        kind="builtin", strategy=strategy, lp_epochs=lp_epochs, options={"width": 4, "depth": 2, "out_dim": 8}
+    )
     return HybridConfig(lasan=TINY, encoder=enc, fusion_dim=16)
 
 
@@ -47,7 +49,9 @@ def fresh(cfg, seed: int = 0):
 
 
 def test_short_training_reduces_the_loss_and_learns():
-    result = train_model(fresh(TINY), TRAIN, VAL, TrainingConfig(epochs=6, batch_size=16, lr=3e-3, seed=0), progress=False)
+    result = train_model(
+        fresh(TINY), TRAIN, VAL, TrainingConfig(epochs=6, batch_size=16, lr=3e-3, seed=0), progress=False
+    )
     losses = [h["train_loss"] for h in result.history]
     assert losses[-1] < 0.7 * losses[0]
     assert result.best_val_auroc > 0.8
@@ -125,14 +129,18 @@ def test_lp_ft_freezes_then_unfreezes_with_a_lower_encoder_lr():
     assert not _changed(before, model)  # only the probing phase ran
     model = fresh(cfg)
     before = _foundation_snapshot(model)
-    result = train_model(model, TRAIN, VAL, TrainingConfig(epochs=3, batch_size=16, seed=0, patience=10), progress=False)
+    result = train_model(
+        model, TRAIN, VAL, TrainingConfig(epochs=3, batch_size=16, seed=0, patience=10), progress=False
+    )
     assert [h["encoder_frozen"] for h in result.history] == [1.0, 1.0, 0.0]
     assert _changed(before, model)
 
 
 def test_pretraining_lowers_the_masked_reconstruction_error():
     model = fresh(hybrid("finetune"))
-    losses = pretrain_encoder(model.foundation, TRAIN.x, PretrainConfig(epochs=6, batch_size=16, lr=3e-3), progress=False)
+    losses = pretrain_encoder(
+        model.foundation, TRAIN.x, PretrainConfig(epochs=6, batch_size=16, lr=3e-3), progress=False
+    )
     assert losses[-1] < losses[0]
 
 
