@@ -178,7 +178,7 @@ def parse_oru(message: bytes | str, *, max_bytes: int = DEFAULT_MAX_BYTES) -> HL
             code = fields[3] if len(fields) > 3 else ""
             sub_id = fields[4].strip() if len(fields) > 4 else ""
             if value_type == "NA":
-                lead = canonical_lead(code)
+                lead = _lead_of(code, delims)
                 if lead is None:
                     skipped.append(code.split(delims.component)[1 if delims.component in code else 0])
                 else:
@@ -371,6 +371,15 @@ def hl7_timestamp_to_iso(value: str) -> str | None:
 
 
 # ------------------------------------------------------------------- NA waveforms
+
+
+def _lead_of(code: str, delims: _Delims) -> str | None:
+    """OBX-3 (code^text^system) -> canonical lead, trying the code, then the text."""
+    for part in code.split(delims.component)[:2]:
+        lead = canonical_lead(part)
+        if lead:
+            return lead
+    return None
 
 
 def _is_rate_code(code: str, delims: _Delims) -> bool:
