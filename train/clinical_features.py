@@ -132,15 +132,28 @@ def measure_beat(x: np.ndarray, fs: float, leads: tuple[str, ...]) -> BeatMeasur
         iso = float(np.median(beat[max(onset - int(0.04 * fs), 0) : max(onset - int(0.01 * fs), 1)]))
         qrs_amp = float(np.ptp(beat[onset : offset + 1])) or 1e-9
         lo = offset + int(0.06 * fs)
-        if lo >= beat.size - 2:
+        # The T wave ends before the next beat's P wave, which sits one RR after this beat's
+        # P peak (the largest deflection before the QRS); at fast rates it would win the argmax.
+        p_peak = int(np.argmax(np.abs(beat[: max(onset - int(0.02 * fs), 1)] - iso)))
+        next_p = pre + int(rr * fs) + (p_peak - pre) - int(0.06 * fs)
+        hi = min(pre + int(min(0.7 * rr, 0.6) * fs), next_p, beat.size)
+        if lo >= hi - 2:
             continue
-        seg = beat[lo:] - iso
+        seg = beat[lo:hi] - iso
         tp = lo + int(np.argmax(np.abs(seg)))
         amp = float(beat[tp] - iso)
         t_amp[lead] = amp / qrs_amp
         if abs(amp) < 0.1 * qrs_amp:
             continue  # flat T: the tangent is meaningless in this lead
         d = np.gradient(_smooth(beat, 0.01 * fs)) * fs  # per second
+        # A notched (bifid) T ends after its *last* hump: move to the last local extremum
+        # of the T's polarity that reaches half the T amplitude.
+        signed = (beat[tp:hi] - iso) * np.sign(amp)
+        humps = np.nonzero(
+            (signed[1:-1] >= signed[:-2]) & (signed[1:-1] > signed[2:]) & (signed[1:-1] >= 0.5 * abs(amp))
+        )[0]
+        if len(humps):
+            tp += int(humps[-1]) + 1
         stop = min(tp + int(0.25 * fs), beat.size - 1)
         if stop <= tp + 1:
             continue
@@ -149,7 +162,7 @@ def measure_beat(x: np.ndarray, fs: float, leads: tuple[str, ...]) -> BeatMeasur
         if d[m] == 0:
             continue
         t_end = m + (iso - beat[m]) / d[m] * fs  # samples
-        if tp < t_end < beat.size + 0.2 * fs:
+        if tp < t_end < next_p + 0.03 * fs:  # a T end inside the next P wave is a failed tangent
             t_ends.append(t_end)
     qt = (float(np.median(t_ends)) - onset) / fs * 1000.0 if t_ends else np.nan
     return BeatMeasurements(rr * 1000.0, (offset - onset) / fs * 1000.0, qt, t_amp)

@@ -113,3 +113,21 @@ def test_plain_cnn_learns_a_channel_pattern():
     after = predict(model, x[60:]).probs
     assert hist["best_val_macro_auroc"] > 0.9 > before
     assert auroc(y[60:] == 0, after[:, 0]) > 0.9
+
+
+def test_qtc_tracks_the_synthetic_cohort_ground_truth():
+    # The cohort generator's QTc is its ground truth; measured on the preprocessed model
+    # input (noise, site filters, HRV, LQT1-3 T shapes), Bazett QTc must follow it closely.
+    from lasan.preprocessing import preprocess
+    from lasan.train.synth import synthesize_ecg
+
+    rng = np.random.default_rng(0)
+    truth, measured = [], []
+    for i in range(36):
+        record, info = synthesize_ecg(rng, CLASSES[i % 3])
+        truth.append(info["qtc_bazett_ms"])
+        measured.append(measure_beat(preprocess(record), FS, MODEL_LEADS).qtc_bazett_ms)
+    truth, measured = np.array(truth), np.array(measured)
+    ok = np.isfinite(measured)
+    assert ok.mean() >= 0.9
+    assert np.corrcoef(truth[ok], measured[ok])[0, 1] > 0.85
