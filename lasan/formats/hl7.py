@@ -147,8 +147,7 @@ def parse_oru(message: bytes | str, *, max_bytes: int = DEFAULT_MAX_BYTES) -> HL
     text, charset = _decode(message) if isinstance(message, bytes) else (_strip_framing_text(message), None)
     segments = [seg for seg in text.replace("\r\n", "\r").replace("\n", "\r").split("\r") if seg]
     if not segments or not segments[0].startswith("MSH"):
-        head = segments[0][:20] if segments else ""
-        raise HL7MalformedError(f"not an HL7 v2 message: it must start with an MSH segment, found {head!r}")
+        raise HL7MalformedError(_no_msh(segments[0] if segments else ""))
     delims = _delimiters(segments[0])
     msh = segments[0].split(delims.field)
     msh_field = _field_getter(msh, delims, offset=1)  # MSH-1 is the separator itself
@@ -240,6 +239,12 @@ def _too_large(size: int, limit: int) -> str:
     )
 
 
+def _no_msh(start: str) -> str:
+    # Name only the segment id: the rest of a first line may be a PID with patient identifiers.
+    seen = f"a {start[:3]} segment" if re.fullmatch(r"[A-Z][A-Z0-9]{2}", start[:3]) else "no segment id"
+    return f"not an HL7 v2 message: it must start with an MSH segment, but starts with {seen}"
+
+
 def _strip_framing_text(text: str) -> str:
     return text.lstrip("\x0b\ufeff \t\r\n").rstrip("\x1c \t\r\n")
 
@@ -258,9 +263,7 @@ def _decode(raw: bytes) -> tuple[str, str]:
         body = body[3:]
     body = body.rstrip(b"\x1c \t\r\n")
     if not body.startswith(b"MSH") or len(body) < 8:
-        raise HL7MalformedError(
-            f"not an HL7 v2 message: it must start with an MSH segment, found {body[:20]!r}"
-        )
+        raise HL7MalformedError(_no_msh(body[:3].decode("latin-1")))
     end = min((i for i in (body.find(b"\r"), body.find(b"\n")) if i >= 0), default=len(body))
     msh = body[:end].decode("latin-1")
     charset = msh[4:].split(msh[3]) if len(msh) > 4 else []
