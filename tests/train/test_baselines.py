@@ -9,9 +9,10 @@ from lasan.train.baselines import CNNTrainConfig, PlainCNN, fit_logistic, train_
 from lasan.train.clinical_features import FEATURE_NAMES, detect_r_peaks, feature_matrix, measure_beat
 from lasan.train.masking import predict
 from lasan.train.metrics import auroc, macro_auroc
+from lasan.train.synth import synthesize_ecg
 
 from lasan.leads import MODEL_LEADS
-from lasan.preprocessing import InputSpec, preprocess_array
+from lasan.preprocessing import InputSpec, preprocess, preprocess_array
 
 FS = 500.0
 CLASSES = ("ARVC", "LQTS", "control")
@@ -118,9 +119,6 @@ def test_plain_cnn_learns_a_channel_pattern():
 def test_qtc_tracks_the_synthetic_cohort_ground_truth():
     # The cohort generator's QTc is its ground truth; measured on the preprocessed model
     # input (noise, site filters, HRV, LQT1-3 T shapes), Bazett QTc must follow it closely.
-    from lasan.preprocessing import preprocess
-    from lasan.train.synth import synthesize_ecg
-
     rng = np.random.default_rng(0)
     truth, measured = [], []
     for i in range(36):
