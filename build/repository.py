@@ -300,7 +300,7 @@ def _export_parts(
     export_meta: dict[str, Any] = {"torch": torch.__version__, "engines": options.engines}
     for name, module, example, in_names, out_names in parts:
         version = root / name / "1"
-        results.append(export_torchscript(module, example, version / "model.pt"))
+        results.append(export_torchscript(module, example, version / "model.pt", cpu_optimize=options.profile == "cpu"))
         if onnx:
             results.append(export_onnx(module, example, version / "model.onnx", in_names, out_names))
         if options.engines:

@@ -28,6 +28,10 @@ from ..serving import ENSEMBLE_MODEL
 __all__ = ["TritonServer", "TritonInstallation", "find_triton", "free_port", "check_port", "configure", "run"]
 
 
+# Log lines that are always there on a CPU-only machine and explain nothing.
+_NOISE = ("CudaDriverHelper has not been initialized", "Unable to allocate pinned system memory")
+
+
 @dataclass(frozen=True)
 class TritonInstallation:
     """Where the wheel keeps the server binary, the python backend, its stub and bundled libraries."""
@@ -88,6 +92,19 @@ def check_port(host: str, port: int, what: str) -> None:
                 f"the {what} port {port} on {host} is already in use ({exc.strerror}); "
                 f"stop the program using it or choose another port with --{what}-port"
             ) from exc
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: on Linux, get SIGTERM when the process that started us dies.
+
+    Without it a killed test run or a ``kill -9`` of ``lasan serve`` would leave an orphaned
+    server holding its ports (it runs in its own session, so terminal signals miss it).
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 class TritonServer:
@@ -195,7 +212,12 @@ class TritonServer:
         try:
             # Own session: a terminal's Ctrl-C reaches us, and we stop Triton in order.
             self._process = subprocess.Popen(
-                cmd, env=self._environment(inst), stdout=stdout, stderr=subprocess.STDOUT, start_new_session=True
+                cmd,
+                env=self._environment(inst),
+                stdout=stdout,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         finally:
             stdout.close()
@@ -231,12 +253,18 @@ class TritonServer:
             time.sleep(poll_s)
 
     def error_lines(self, limit: int = 20) -> str:
-        """Triton's error lines from the log (``E...`` lines and what follows them)."""
-        try:
-            lines = self.log_file.read_text(errors="replace").splitlines()
-        except OSError:
-            return ""
-        errors = [line for line in lines if line[:1] == "E" or "error" in line.lower()]
+        """Triton's error lines from its log and its stdout (protobuf parse errors land there)."""
+        lines: list[str] = []
+        for path in (self.log_file, self.work_dir / "tritonserver.stdout"):
+            try:
+                lines += path.read_text(errors="replace").splitlines()
+            except OSError:
+                pass
+        errors = [
+            line
+            for line in lines
+            if (line[:1] == "E" or "error" in line.lower()) and not any(n in line for n in _NOISE)
+        ]
         return "\n".join((errors or lines)[-limit:])
 
     # -- internals ---------------------------------------------------------------------------
