@@ -68,6 +68,7 @@ __all__ = [
     "synthesize_ecg",
     "synthesize_patient",
     "generate_cohort",
+    "write_wfdb_fast",
 ]
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ CLASS_MIX: dict[str, float] = {"ARVC": 0.35, "LQTS": 0.35, "control": 0.30}
 FORMATS: tuple[str, ...] = ("wfdb", "dicom", "hl7")
 _ECGS_PER_PATIENT = (0.35, 0.30, 0.20, 0.15)  # 1..4 ECGs; mean 2.15 (the paper: 1,344 ECGs / 645 patients)
 _OTHER_SITE = 0.15
+_INT16_MAX = 32767
 
 
 @dataclass(frozen=True)
@@ -295,12 +297,35 @@ def _deterministic_dicom_bytes(record: ECGRecord, key: str) -> bytes:
     return buffer.getvalue()
 
 
+def write_wfdb_fast(record: ECGRecord, base: Path) -> Path:
+    """The bytes :func:`lasan.formats.wfdb_io.write_wfdb` writes, without ``wfdb.wrsamp``.
+
+    ``wrsamp`` validates every header field through pandas and costs ~80 ms per
+    record, which alone would take the default cohort past a minute. This writes the
+    same format-16 record (1 uV per count unless the peak needs a coarser gain, PTB-XL
+    lower-case names); tests/train/test_synth.py checks that the files are byte-identical
+    to ``write_wfdb``'s, so the one WFDB writer stays the reference.
+    """
+    signal = record.signal.astype(np.float64)
+    peak = float(np.abs(signal).max(initial=0.0))
+    gain = 1000.0 if peak * 1000.0 <= _INT16_MAX else float(np.floor(_INT16_MAX / peak))
+    counts = np.rint(signal * gain).astype(np.int64)  # (leads, T)
+    fs = str(int(record.fs)) if round(record.fs, 8) == float(int(record.fs)) else str(record.fs)
+    name = base.name
+    lines = [f"{name} {len(record.leads)} {fs} {record.n_samples}"]
+    for lead, row in zip(record.leads, counts, strict=True):
+        lines.append(f"{name}.dat 16 {gain}(0)/mV 16 0 {int(row[0])} {int(row.sum()) % 65536} 0 {lead.lower()}")
+    base.parent.mkdir(parents=True, exist_ok=True)
+    base.with_suffix(".dat").write_bytes(np.ascontiguousarray(counts.T).astype("<i2").tobytes())
+    header = base.with_suffix(".hea")
+    header.write_text("\n".join(lines) + "\n", encoding="ascii")
+    return header
+
+
 def _write(record: ECGRecord, out_dir: Path, ecg_id: str, fmt: str, style: str) -> tuple[Path, str]:
     """Write one record with the lasan.formats writers; returns (path, manifest format)."""
     if fmt == "wfdb":
-        from lasan.formats.wfdb_io import write_wfdb
-
-        return write_wfdb(record, out_dir / "wfdb" / ecg_id), "wfdb"
+        return write_wfdb_fast(record, out_dir / "wfdb" / ecg_id), "wfdb"
     if fmt == "dicom":
         path = out_dir / "dicom" / f"{ecg_id}.dcm"
         path.parent.mkdir(parents=True, exist_ok=True)
