@@ -26,7 +26,6 @@ import base64
 import binascii
 import os
 import re
-import warnings
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -420,16 +419,25 @@ def _volt_factor(units: str, delims: _Delims, lead: str, number: int) -> tuple[s
 
 
 def _samples(value: str, separator: str, lead: str, number: int) -> np.ndarray:
-    """OBX-5 of an NA OBX -> float64 samples; the fast path never leaves C code."""
-    expected = value.count(separator) + 1
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        fast = np.fromstring(value, dtype=np.float64, sep=separator)
-    if fast.size == expected and np.all(np.isfinite(fast)):
-        return fast
+    """OBX-5 of an NA OBX -> float64 samples.
+
+    Fast path: one ``str.split`` and one numpy conversion in C; integer samples (the
+    usual uV counts) take numpy's integer parser, several times faster than float's.
+    """
+    parts = value.split(separator)
+    try:
+        if "." in value or "e" in value or "E" in value:
+            fast = np.array(parts, dtype=np.float64)
+        else:
+            fast = np.array(parts, dtype=np.int64).astype(np.float64)
+        if np.all(np.isfinite(fast)):
+            return fast
+    except (ValueError, OverflowError):
+        pass
+    expected = len(parts)
     # Slow path: empty components are missing samples (NaN); anything else must be a number.
     out = np.empty(expected, dtype=np.float64)
-    for i, item in enumerate(value.split(separator)):
+    for i, item in enumerate(parts):
         item = item.strip()
         if not item:
             out[i] = np.nan
