@@ -203,7 +203,7 @@ def decode_outputs(
         predicted_class=classes[int(np.argmax(probs))],
         screening=decisions["screening"],
         confirmation=decisions["confirmation"],
-        thresholds={k: dict(v) for k, v in info.thresholds.items()},
+        thresholds={k: {c: p for c, p in v.items() if c in info.disease_classes} for k, v in info.thresholds.items()},
         lead_importance={lead: float(w) for lead, w in zip(leads, weights, strict=True)},
         model_name=info.name,
         model_version=info.version,

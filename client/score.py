@@ -61,7 +61,8 @@ class Score:
         predicted_class: the class with the highest probability.
         screening: ``{disease class: positive}`` at the screening (high-sensitivity) point.
         confirmation: ``{disease class: positive}`` at the confirmation (high-specificity) point.
-        thresholds: the operating points used, ``{"screening": {...}, "confirmation": {...}}``.
+        thresholds: the operating points used for the disease classes,
+            ``{"screening": {class: p}, "confirmation": {class: p}}``.
         lead_importance: ``{lead: weight}`` for the 8 model leads; weights sum to 1.
         model_name, model_version: what produced the score.
         round_trip_ms: client wall time for the call, retries included.
