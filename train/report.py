@@ -112,6 +112,8 @@ def _plots(report: dict[str, Any], out: Path) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # Fixed margins instead of tight_layout: tight_layout draws every figure twice.
+
     classes, models, written = report["classes"], report["models"], []
     fig, axes = plt.subplots(1, len(classes), figsize=(4.2 * len(classes), 4.0), squeeze=False)
     for ax, c in zip(axes[0], classes, strict=True):
@@ -121,8 +123,8 @@ def _plots(report: dict[str, Any], out: Path) -> list[str]:
         ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
         ax.set(title=f"{c} vs rest", xlabel="1 - specificity", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1.01))
         ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(out / "roc_curves.png", dpi=110)
+    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.13, top=0.92, wspace=0.25)
+    fig.savefig(out / "roc_curves.png", dpi=100)
     plt.close(fig)
     written.append("roc_curves.png")
 
@@ -135,15 +137,15 @@ def _plots(report: dict[str, Any], out: Path) -> list[str]:
         title="Reliability (top-label, 15 bins)", xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1.01)
     )
     ax.legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
-    fig.savefig(out / "reliability.png", dpi=110)
+    fig.subplots_adjust(left=0.13, right=0.97, bottom=0.11, top=0.93)
+    fig.savefig(out / "reliability.png", dpi=100)
     plt.close(fig)
     written.append("reliability.png")
 
     masking = report.get("lead_masking") or {}
     groups = [g for g in masking if g != "none"]
     if groups:
-        fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(groups) * len(classes) / 2), 4.2))
+        fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(groups) + 2.0), 4.2))
         width = 0.8 / len(classes)
         for k, c in enumerate(classes):
             drops = [-(masking[g]["delta"][c] or 0.0) if masking[g]["delta"][c] is not None else 0.0 for g in groups]
@@ -152,8 +154,8 @@ def _plots(report: dict[str, Any], out: Path) -> list[str]:
         ax.set_xticks(np.arange(len(groups)), groups, rotation=45, ha="right", fontsize=7)
         ax.set(ylabel="AUROC drop when masked", title="Lead masking (one-vs-rest AUROC drop per class)")
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / "lead_masking.png", dpi=110)
+        fig.subplots_adjust(left=0.1, right=0.98, bottom=0.3, top=0.92)
+        fig.savefig(out / "lead_masking.png", dpi=100)
         plt.close(fig)
         written.append("lead_masking.png")
 
@@ -168,8 +170,8 @@ def _plots(report: dict[str, Any], out: Path) -> list[str]:
         ax.set_xticks(np.arange(len(leads)), leads)
         ax.set(ylabel="mean lead weight", title="Attention lead importance by true class")
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / "attention_importance.png", dpi=110)
+        fig.subplots_adjust(left=0.12, right=0.98, bottom=0.1, top=0.92)
+        fig.savefig(out / "attention_importance.png", dpi=100)
         plt.close(fig)
         written.append("attention_importance.png")
     return written
