@@ -31,6 +31,7 @@ __all__ = [
     "record_to_dataset",
     "dicom_bytes",
     "write_dicom",
+    "with_source",
 ]
 
 TWELVE_LEAD_ECG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.9.1.1"
