@@ -86,9 +86,11 @@ def _training_value(training: dict[str, Any], *keys: str, default: Any = None) -
 
 
 def _split_rows(rows: list[Any], seed: int) -> dict[str, list[Any]]:
-    from .split import split_patients  # the training split, one definition
+    """The training split: the manifest's own ``split`` column when it has one, else the seeded patient split."""
+    from .split import check_no_leakage, patient_split, split_from_column
 
-    parts = split_patients(rows, seed=seed)
+    parts = split_from_column(rows) if rows and rows[0].get("split") else patient_split(rows, seed=seed)
+    check_no_leakage(parts)
     return {name: list(getattr(parts, name)) for name in ("train", "val", "test")}
 
 

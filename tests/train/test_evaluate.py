@@ -88,6 +88,7 @@ def _arrays(rng, n_patients, per_patient=2):
     return ECGArrays(np.stack(xs), np.array(ys), tuple(pids), CLASSES)
 
 
+@pytest.mark.slow  # trains the plain-CNN baseline
 def test_evaluate_reports_model_and_baselines_side_by_side(checkpoint, tmp_path):
     rng = np.random.default_rng(1)
     data = EvaluationData(_arrays(rng, 9), "test", "in-memory", train=_arrays(rng, 15), val=_arrays(rng, 6))
@@ -109,6 +110,7 @@ def test_evaluate_reports_model_and_baselines_side_by_side(checkpoint, tmp_path)
     assert json.loads((out / "report.json").read_text())["synthetic"] is True
 
 
+@pytest.mark.slow  # reads WFDB files, trains the plain-CNN baseline
 def test_lasan_evaluate_cli_writes_the_report_folder(cohort, checkpoint, tmp_path):
     out = tmp_path / "report"
     rc = main(["evaluate", str(checkpoint), "--data", str(cohort), "--out", str(out), "--bootstrap", "25"])
