@@ -156,7 +156,9 @@ def synthesize_ecg(
 
     Returns:
         ``(record, truth)``: the record (float32 mV, 12 leads in standard order) and the
-        generator's ground truth for it (profile, visit, measured HR and QTc, site).
+        generator's ground truth for it: ``profile``, ``visit``, ``site``, ``hr_bpm``,
+        ``qtc_bazett_ms``, ``qtc_fridericia_ms``, ``schwartz_qtc_points``, and per beat
+        inside the record ``r_peaks_s`` and ``qt_s``.
 
     Raises:
         ConfigError: unknown label.
@@ -199,6 +201,7 @@ def synthesize_ecg(
         derived_leads=("III", "aVR", "aVL", "aVF"),
     )
     hr, qtc_b, qtc_f = _measured_qtc(rhythm, duration_s)
+    inside = (rhythm.r_times >= 0) & (rhythm.r_times < duration_s)
     truth: dict[str, Any] = {
         "profile": profile,
         "visit": visit,
@@ -207,6 +210,8 @@ def synthesize_ecg(
         "qtc_bazett_ms": qtc_b,
         "qtc_fridericia_ms": qtc_f,
         "schwartz_qtc_points": schwartz_qtc_points(qtc_b, profile.sex),
+        "r_peaks_s": rhythm.r_times[inside],
+        "qt_s": rhythm.qt[inside],
     }
     return record, truth
 
@@ -357,7 +362,7 @@ def generate_cohort(
     """Write a synthetic cohort (ECG files + ``manifest.csv``) and return the manifest path.
 
     Each site sends its own format (WFDB at sites A, C, D; DICOM at B; HL7 ORU at E,
-    NA and ED styles alternating at random); a site whose format is not in ``formats``
+    NA and ED styles alternating); a site whose format is not in ``formats``
     writes WFDB instead. Patient ``i`` draws from ``default_rng([seed, i])``, so the
     cohort is identical, byte for byte, for the same arguments.
 
@@ -372,6 +377,7 @@ def generate_cohort(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[ManifestRow] = []
+    n_hl7 = 0
     for i, label in enumerate(_class_labels(n_patients, seed)):
         rng = np.random.default_rng([seed, i])
         patient_id = f"SYN{i + 1:05d}"
@@ -379,7 +385,8 @@ def generate_cohort(
             ecg_id = f"{patient_id}_{k}"
             site = next(s for s in SITES if s.name == truth["site"])
             fmt = site.format if site.format in formats else "wfdb"
-            style = "ed" if rng.random() < 0.5 else "na"
+            style = ("na", "ed")[n_hl7 % 2]  # alternate, so both HL7 styles are always exercised
+            n_hl7 += fmt == "hl7"
             path, fmt_name = _write(record, out_dir, ecg_id, fmt, style)
             p: PatientProfile = truth["profile"]
             rows.append(

@@ -164,12 +164,12 @@ def sample_rhythm(
     rr_eff = rr0
     while t < duration_s + 1.5:
         phase = 2 * np.pi * resp_hz * t + phi_r
+        times.append(t)
+        qts.append(qt_at_1s * rr_eff**qt_exponent)  # set by the cycles *before* this beat
+        phases.append(phase)
         rr = rr0 * (1.0 + rsa * np.sin(phase) + lf * np.sin(2 * np.pi * f_lf * t + phi_l) + rng.normal(0, jitter))
         rr = float(np.clip(rr, 0.3, 2.0))
         rr_eff = 0.6 * rr_eff + 0.4 * rr
-        times.append(t)
-        qts.append(qt_at_1s * rr_eff**qt_exponent)
-        phases.append(phase)
         t += rr
     return Rhythm(np.asarray(times), np.asarray(qts), np.asarray(phases), resp_hz)
 

@@ -307,12 +307,15 @@ def _repolarisation(p: PatientProfile, visit: Visit, geometry: LeadGeometry, qrs
         sa, sd, amp = sa * (1 + 0.6 * m), sd * (1 + 0.35 * m), amp * (1 + 0.15 * m)
         extra.append((2.3 * sd + 0.03, 0.09, 0.09, 0.35 * m * amp * _LATERAL))
     elif p.genotype == "LQT2":
-        # Two humps: the main T moves earlier by ``notch`` and shrinks; the second hump,
-        # mostly lateral, ends the T wave (so QT is measured to it).
-        second_sd = 0.045
-        extra.append((2.3 * second_sd, 0.04, second_sd, 0.55 * m * p.t_amp * _LATERAL + 0.25 * m * p.t_amp * t_dir))
-        amp, sd = amp * (1 - 0.45 * m), sd * (1 - 0.3 * m)
-        peak_before_end = 2.3 * second_sd + 0.03 + 0.07 * m
+        # Bifid low-amplitude T: the main T shrinks and moves slightly earlier; a late second
+        # hump ends the T wave (QT is measured to it) with a notch between the two. The
+        # humps' difference and the notch point laterally.
+        amp = amp * (1 - 0.2 * m)
+        peak_before_end = 2.3 * sd + 0.03 * m
+        second = 0.065
+        extra.append((peak_before_end, sa, sd, -0.25 * m * p.t_amp * _LATERAL))  # low first hump
+        extra.append((second, 0.03, 0.028, 0.45 * m * p.t_amp * _LATERAL + 0.1 * m * p.t_amp * t_dir))
+        extra.append(((second + peak_before_end) / 2, 0.012, 0.012, -0.3 * m * p.t_amp * _LATERAL))
     elif p.genotype == "LQT3":
         sa, sd, amp = sa * (1 - 0.4 * m), sd * (1 - 0.2 * m), amp * (1 + 0.25 * m)
         extra.append((2.3 * sd, 0.03, 0.03, 0.3 * m * p.t_amp * _LATERAL))
