@@ -1,1 +1,149 @@
-"""Benchmarks (`lasan bench`, `make bench`): never part of the tests."""
+"""Benchmarks (`lasan bench`, `make bench`): never part of the tests.
+
+One run measures the model in process, the Triton ensemble and its parts with
+perf_analyzer, the ECG readers, and the whole HL7 feed path, each against a baseline
+measured in the same run, and prints one Markdown table. The JSON beside it holds every
+number, the raw samples and the machine it ran on. docs/performance.md explains the rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .table import Row, not_run, render_markdown, row_from_mapping, rows_to_json
+
+__all__ = ["configure", "run", "SECTIONS", "run_benchmarks"]
+
+log = logging.getLogger(__name__)
+
+SECTIONS = ("model", "triton", "ingest", "feed")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and shorter windows (a smoke run)")
+    parser.add_argument("--work", default="work", help="work folder; results go to WORK/bench (default: work)")
+    parser.add_argument("--checkpoint", help="checkpoint to serve (default: the paper architecture, random weights)")
+    parser.add_argument(
+        "--skip", default="", help=f"comma-separated sections to skip: {','.join(SECTIONS)}"
+    )
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: the usable CPUs)")
+    parser.add_argument("--results", help="results folder (default: WORK/bench)")
+
+
+def _section_failed(section: str, metric: str, exc: BaseException) -> Row:
+    log.exception("the %s benchmark failed", section)
+    return not_run(section, metric, f"{type(exc).__name__}: {exc}".splitlines()[0][:200])
+
+
+def run_benchmarks(
+    work: Path, *, quick: bool = False, checkpoint: str | None = None, skip: set[str] = frozenset(), threads: int | None = None
+) -> tuple[list[Row], dict[str, Any]]:
+    """Run every section not in ``skip`` and return the rows and the details for the JSON."""
+    from ..build.optimize import apply_thread_settings
+    from .machine import machine_info
+
+    n_threads = apply_thread_settings(threads)
+    rows: list[Row] = []
+    details: dict[str, Any] = {"quick": quick, "skipped": sorted(skip), "timings_s": {}}
+    best_ts: float | None = None
+    best_batch: int | None = None
+
+    if "model" in skip:
+        rows.append(not_run("model", "all model rows", "skipped with --skip model"))
+    else:
+        t0 = time.monotonic()
+        try:
+            from .model import run_model_benchmark
+
+            result = run_model_benchmark(quick=quick, threads=n_threads)
+            rows += result.rows
+            best_ts, best_batch = result.best_torchscript_ecg_per_s, result.best_batch
+            details["model"] = result.details
+        except Exception as exc:  # a section's failure is a row, not a lost run
+            rows.append(_section_failed("model", "model rows", exc))
+        details["timings_s"]["model"] = time.monotonic() - t0
+
+    if "triton" in skip:
+        rows.append(not_run("triton", "all Triton rows", "skipped with --skip triton"))
+    else:
+        t0 = time.monotonic()
+        try:
+            from .triton import run_triton_benchmark
+
+            result_t = run_triton_benchmark(
+                work / "bench", quick=quick, checkpoint=checkpoint, in_process_best=best_ts, in_process_batch=best_batch
+            )
+            rows += result_t.rows
+            details["triton"] = result_t.details
+        except Exception as exc:
+            rows.append(_section_failed("triton", "Triton rows", exc))
+        details["timings_s"]["triton"] = time.monotonic() - t0
+
+    if "ingest" in skip:
+        rows.append(not_run("ingest", "all ingest rows", "skipped with --skip ingest"))
+    else:
+        t0 = time.monotonic()
+        try:
+            from .ingest import run_ingest_benchmark
+
+            rows += [row_from_mapping(r, "ingest") for r in run_ingest_benchmark()]
+        except Exception as exc:
+            rows.append(_section_failed("ingest", "ingest rows", exc))
+        details["timings_s"]["ingest"] = time.monotonic() - t0
+
+    if "feed" in skip:
+        rows.append(not_run("feed", "all feed rows", "skipped with --skip feed"))
+    else:
+        t0 = time.monotonic()
+        try:
+            from .feed import run_feed_benchmark
+
+            result_f = run_feed_benchmark(work / "bench", quick=quick, checkpoint=checkpoint)
+            rows += result_f.rows
+            details["feed"] = result_f.details
+        except Exception as exc:
+            rows.append(_section_failed("feed", "feed rows", exc))
+        details["timings_s"]["feed"] = time.monotonic() - t0
+
+    details["machine"] = machine_info()
+    return rows, details
+
+
+def run(args: argparse.Namespace) -> int:
+    from .machine import describe
+
+    work = Path(args.work)
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    unknown = skip - set(SECTIONS)
+    if unknown:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"--skip takes {', '.join(SECTIONS)}; unknown: {', '.join(sorted(unknown))}")
+    started = time.monotonic()
+    rows, details = run_benchmarks(
+        work, quick=args.quick, checkpoint=args.checkpoint, skip=skip, threads=args.threads
+    )
+    details["total_s"] = time.monotonic() - started
+    out = Path(args.results) if args.results else work / "bench"
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    table = render_markdown(rows)
+    caption = f"Measured on {describe(details['machine'])}; whole run {details['total_s']:.0f} s" + (
+        " (--quick)" if args.quick else ""
+    )
+    payload = {"rows": rows_to_json(rows), **details}
+    json_path = out / f"results-{stamp}.json"
+    json_path.write_text(json.dumps(payload, indent=2, default=str))
+    (out / "latest.md").write_text(f"{table}\n\n{caption}\n")
+    (out / "latest.json").write_text(json.dumps(payload, indent=2, default=str))
+    print(table)
+    print()
+    print(caption)
+    print(f"results: {json_path} and {out / 'latest.md'}")
+    return 0
