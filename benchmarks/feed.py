@@ -288,7 +288,7 @@ def run_feed_benchmark(
     from ..build.serve import TritonServer, free_port
 
     duration_s = 5.0 if quick else 20.0
-    drain_s = 30.0 if quick else 60.0
+    drain_s = 30.0 if quick else 90.0
     feed_dir = work / "feed"
     feed_dir.mkdir(parents=True, exist_ok=True)
     repo = _reuse_or_build(work, checkpoint)

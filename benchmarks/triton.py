@@ -138,8 +138,10 @@ def perf_analyzer_command(
         "--input-data", str(input_data),
         "--concurrency-range", f"{concurrency}:{concurrency}",
         "--measurement-interval", str(window_ms),
-        "--stability-percentage", "50",
-        "--max-trials", "6",
+        # Stability is not required (max/min of the last 3 windows within 1000 %): on a shared
+        # machine it rarely holds, and the result is then the mean of 3 full windows anyway.
+        "--stability-percentage", "1000",
+        "--max-trials", "4",
         "-f", str(csv_path),
     ]
 
@@ -263,7 +265,7 @@ def run_triton_benchmark(
     work.mkdir(parents=True, exist_ok=True)
     out = work / "triton"
     out.mkdir(exist_ok=True)
-    window_ms = 1500 if quick else 3000
+    window_ms = 2000 if quick else 4000
     ckpt_path = benchmark_checkpoint(work, checkpoint)
     # One single-threaded instance per usable core: the python backend runs each part's
     # TorchScript with one torch thread, so two cores need two instances to be used.
@@ -293,7 +295,8 @@ def run_triton_benchmark(
                     _run_perf(ENSEMBLE_MODEL, server.grpc_url, data_files[ENSEMBLE_MODEL], c, out, window_ms)
                 )
             except (ServerError, subprocess.TimeoutExpired) as exc:
-                rows.append(not_run(SECTION, f"ensemble '{ENSEMBLE_MODEL}' at concurrency {c}", str(exc)))
+                target = f">= {ENSEMBLE_RATIO_TARGET} x in-process TorchScript" if c == 8 else ""
+                rows.append(not_run(SECTION, f"ensemble '{ENSEMBLE_MODEL}' at concurrency {c}", str(exc), target=target))
         for model in COMPOSING:
             for c in PART_CONCURRENCIES:
                 try:
