@@ -20,7 +20,15 @@ from lasan.models.config import CLASSES
 
 from .manifest import ManifestRow
 
-__all__ = ["DEFAULT_FRACTIONS", "SPLIT_NAMES", "Split", "patient_split", "split_from_column", "check_no_leakage"]
+__all__ = [
+    "DEFAULT_FRACTIONS",
+    "SPLIT_NAMES",
+    "Split",
+    "patient_split",
+    "split_patients",
+    "split_from_column",
+    "check_no_leakage",
+]
 
 DEFAULT_FRACTIONS: tuple[float, float, float] = (0.70, 0.15, 0.15)
 SPLIT_NAMES: tuple[str, str, str] = ("train", "val", "test")
@@ -133,6 +141,9 @@ def patient_split(
                 assignment[patients[i]] = name
             start += k
     return _build(rows, assignment, seed)
+
+
+split_patients = patient_split  # the name train/cli.py uses
 
 
 def split_from_column(rows: list[ManifestRow] | tuple[ManifestRow, ...], column: str = "split") -> Split:

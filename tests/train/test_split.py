@@ -100,3 +100,10 @@ def test_split_of_a_manifest_read_from_disk(tmp_path: Path) -> None:
     split = patient_split(read_manifest(manifest, check_files=False), seed=0)
     assert sum(len(split.patients(n)) for n in SPLIT_NAMES) == 30
     assert split.summary()["test"]["patients"] in (4, 5) and split.seed == 0  # 15 % of 30 = 4.5
+
+
+def test_split_patients_is_the_same_function() -> None:
+    from lasan.train.split import split_patients
+
+    rows = _rows(COUNTS)
+    assert split_patients(rows, seed=2).test_patients == patient_split(rows, seed=2).test_patients
