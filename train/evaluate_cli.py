@@ -73,7 +73,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="manifest whose train split fits the baselines (default: --data for --split test, "
         "the checkpoint's training manifest for --split all)",
     )
-    parser.add_argument("--cache-dir", default=None, help="preprocessed-array cache (default: <out>/cache)")
+    parser.add_argument("--cache-dir", default=None, help="preprocessed-array cache (default: the training cache)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: training.num_threads of the checkpoint)"
+    )
 
 
 def _training_value(training: dict[str, Any], *keys: str, default: Any = None) -> Any:
@@ -258,6 +261,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--bootstrap must be at least 1")
     out = Path(args.out) if args.out else ckpt.path.parent / "report"
     training = ckpt.info.training
+    threads = args.threads or _training_value(training, "num_threads")
+    if threads:  # on a shared CPU, more threads than cores costs far more than it gains
+        torch.set_num_threads(int(threads))
     split_seed = int(_training_value(training, "split_seed", default=ckpt.info.data_summary.get("split_seed", 0)))
     baseline_manifest: str | None = args.baseline_data
     if args.baselines and baseline_manifest is None:

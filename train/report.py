@@ -100,6 +100,12 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return "n/a" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{value:.{digits}f}"
 
 
+def _metric_label(key: str) -> str:
+    if key == "macro_auroc":
+        return "macro-AUROC"
+    return "AUROC " + key.removeprefix("auroc_").replace("_vs_", " vs ")
+
+
 def _fmt_ci(m: dict[str, Any] | None) -> str:
     if not m:
         return "n/a"
@@ -199,7 +205,7 @@ def _markdown(report: dict[str, Any]) -> str:
     ]
     for key in keys:
         lines.append(
-            f"| {key.replace('auroc_', 'AUROC ').replace('macro_auroc', 'macro-AUROC')} | "
+            f"| {_metric_label(key)} | "
             + " | ".join(_fmt_ci(block["metrics"].get(key)) for block in models.values())
             + " |"
         )

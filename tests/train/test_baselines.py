@@ -97,7 +97,16 @@ def test_logistic_l2_shrinks_weights():
     assert large < small
 
 
-def test_plain_cnn_learns_a_channel_pattern():
+@pytest.fixture
+def one_thread():
+    # Shared 2-core machines: one torch thread avoids contention on tiny convolutions.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_plain_cnn_learns_a_channel_pattern(one_thread):
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     n, t = 90, 128

@@ -44,6 +44,16 @@ def tiny_ecg(rng: np.random.Generator, label: str, seconds: float = 6.0) -> np.n
     return x + rng.normal(0, 0.03, x.shape)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    # The build machines share 2 cores among many jobs; torch's default of one thread per
+    # core makes tiny convolutions contend (and `lasan evaluate` sets threads from the checkpoint).
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("cohort")
@@ -72,7 +82,7 @@ def checkpoint(tmp_path_factory) -> Path:
     info = CheckpointInfo(
         thresholds={"screening": {"ARVC": 0.2, "LQTS": 0.2}, "confirmation": {"ARVC": 0.6, "LQTS": 0.6}},
         data_summary={"synthetic": True},
-        training={"data": {"split_seed": 3}, "training": {"epochs": 2, "batch_size": 8}},
+        training={"data": {"split_seed": 3}, "training": {"epochs": 2, "batch_size": 8, "num_threads": 1}},
     )
     return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt", model, info)
 
