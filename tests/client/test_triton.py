@@ -117,8 +117,10 @@ def test_async_many_in_flight_equals_sequential(triton_server, scorer):
     concurrent = asyncio.run(many())
     assert len(concurrent) == len(records)
     for s, c in zip(sequential, concurrent, strict=True):
-        np.testing.assert_allclose(list(s.probabilities.values()), list(c.probabilities.values()), atol=1e-5)
-        np.testing.assert_allclose(list(s.lead_importance.values()), list(c.lead_importance.values()), atol=1e-5)
+        assert not isinstance(c, Exception), c
+        # Batched and single requests may take different float paths in the encoder: 1e-4, as vs the checkpoint.
+        np.testing.assert_allclose(list(s.probabilities.values()), list(c.probabilities.values()), atol=1e-4)
+        np.testing.assert_allclose(list(s.lead_importance.values()), list(c.lead_importance.values()), atol=1e-4)
     # Different ECGs get different scores: the comparison above is not trivially true.
     assert len({round(s.probabilities["ARVC"], 5) for s in sequential}) > 1
 
@@ -142,3 +144,14 @@ def test_files_of_every_format_score_like_their_records(scorer, reference, ecg_f
     for fmt in ("wfdb", "hl7", "dicom"):
         record = read_ecg(ecg_files[fmt])
         _check(scorer.score(record), reference, record)
+
+
+def test_a_request_past_its_deadline_is_retried_then_reported_as_unavailable(triton_server):
+    retries = []
+    with TritonScorer(
+        triton_server.grpc_url, timeout_s=60, retries=1, backoff_s=0.01, on_retry=lambda *a: retries.append(a)
+    ) as s:
+        s.timeout_s = 1e-6  # connected normally; now every call misses its deadline
+        with pytest.raises(TritonUnavailableError, match="timeout"):
+            s.score(sample_ecg(seed=7))
+    assert len(retries) == 1 and "DEADLINE_EXCEEDED" in str(retries[0][1].status())
