@@ -50,15 +50,23 @@ class ModelBenchResult:
     details: dict[str, Any] = field(default_factory=dict)  # peak samples, profile table, FLOP breakdown
 
 
-def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` calls after ``warmup`` untimed calls."""
+def median_seconds(
+    fn: Callable[[], object], repeats: int, warmup: int = 1, budget_s: float | None = None, min_repeats: int = 3
+) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` calls after ``warmup`` untimed calls.
+
+    With ``budget_s``, stops early once the timed calls have used that much time and at
+    least ``min_repeats`` were made, so a loaded machine cannot stretch a run without end.
+    """
     for _ in range(warmup):
         fn()
-    times = []
+    times: list[float] = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
+        if budget_s is not None and len(times) >= min(min_repeats, repeats) and sum(times) >= budget_s:
+            break
     return statistics.median(times)
 
 
@@ -124,10 +132,13 @@ def optimised_torchscript(model: torch.nn.Module, n_leads: int, n_samples: int) 
     return _Chain(encoder, fusion, len(features) > 1).eval()  # type: ignore[return-value]
 
 
-def _throughput(fn: Callable[[torch.Tensor], object], batch: int, n_leads: int, n_samples: int, repeats: int) -> float:
+def _throughput(
+    fn: Callable[[torch.Tensor], object], batch: int, n_leads: int, n_samples: int, repeats: int, budget_s: float = 8.0
+) -> float:
     x = torch.randn(batch, n_leads, n_samples, generator=torch.Generator().manual_seed(batch))
     with torch.inference_mode():
-        return batch / median_seconds(lambda: fn(x), repeats, warmup=2)
+        fn(x)  # the profiling executor specialises TorchScript on its first calls
+        return batch / median_seconds(lambda: fn(x), repeats, warmup=1, budget_s=budget_s)
 
 
 def _paired_ratio(
@@ -145,10 +156,13 @@ def _paired_ratio(
     with torch.inference_mode():
         fn(x)
         mm()
+        deadline = time.monotonic() + 30.0
         for _ in range(rounds):
             t_mm = median_seconds(mm, 3, warmup=0)
             t_model = median_seconds(lambda: fn(x), 2, warmup=0)
             ratios.append((flops * batch / t_model) / (peak.flops / t_mm))
+            if len(ratios) >= 3 and time.monotonic() > deadline:
+                break
     return statistics.median(ratios), ratios
 
 
@@ -176,7 +190,7 @@ def run_model_benchmark(
     recorded; the caller sets torch's threads once for the whole run.
     """
     repeats = 3 if quick else 7
-    rounds = 3 if quick else 7
+    rounds = 3 if quick else 9
     torch.manual_seed(0)
     lasan_cfg = LASANConfig()
     n_leads, n_samples = lasan_cfg.n_leads, lasan_cfg.input.n_samples
