@@ -17,7 +17,7 @@ from lasan.checkpoint import CheckpointInfo, load_checkpoint, save_checkpoint
 from lasan.cli import main
 from lasan.formats import write_ecg
 from lasan.leads import MODEL_LEADS
-from lasan.models import LASANConfig, build_model
+from lasan.models import EncoderSpec, HybridConfig, LASANConfig, build_model
 from lasan.preprocessing import preprocess_array
 from lasan.record import Acquisition, ECGRecord
 
@@ -190,3 +190,20 @@ def test_lasan_evaluate_all_rows_without_baselines(cohort, checkpoint, tmp_path)
 def test_evaluate_missing_checkpoint_is_a_clear_error(cohort, tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "nope.pt"), "--data", str(cohort)]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_hybrid_checkpoint_evaluates_with_full_forward_masking(cohort, tmp_path):
+    torch.manual_seed(0)
+    cfg = HybridConfig(
+        lasan=LASANConfig(**TINY),
+        encoder=EncoderSpec(kind="builtin", options={"width": 4, "depth": 2, "out_dim": 8}),
+        fusion_dim=8,
+    )
+    ckpt = save_checkpoint(tmp_path / "hybrid.pt", build_model(cfg), CheckpointInfo(data_summary={"synthetic": True}))
+    out = tmp_path / "hybrid_report"
+    argv = ["evaluate", str(ckpt), "--data", str(cohort), "--split", "all", "--out", str(out), "--bootstrap", "5"]
+    assert main([*argv, "--no-baselines"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["checkpoint"]["model_kind"] == "hybrid"
+    assert report["lead_masking"]["V1-V3"]["leads"] == ["V1", "V2", "V3"]
+    assert set(report["attention_importance"]) == set(CLASSES)
