@@ -30,7 +30,15 @@ from .dataset import ECGArrays
 from .masking import attention_importance, compare_with_attention, lead_masking, predict
 from .metrics import disease_classes
 from .operating_points import choose_operating_points, evaluate_operating_points
-from .report import REAL_DATA_CAVEAT, SCHEMA, SYNTHETIC_CAVEAT, masking_finding, model_block, write_report
+from .report import (
+    REAL_DATA_CAVEAT,
+    SCHEMA,
+    SYNTHETIC_CAVEAT,
+    masking_finding,
+    model_block,
+    paired_differences,
+    write_report,
+)
 
 __all__ = ["configure", "run", "EvaluationData", "evaluate", "load_evaluation_data"]
 
@@ -183,13 +191,15 @@ def evaluate(
     model = ckpt.model
     preds = predict(model, test.x)
     models: dict[str, Any] = {MODEL_NAME: model_block(preds.probs, test.y, groups, classes, n_boot, seed)}
+    all_probs = {MODEL_NAME: preds.probs}
     baseline_info: dict[str, Any] = {}
     if baselines and data.train is not None and data.val is not None and len(data.train):
         log.info("fitting the clinical-feature baseline on %d training ECGs", len(data.train))
         f_train = feature_matrix(data.train.x, spec.fs, spec.leads)
         f_test = feature_matrix(test.x, spec.fs, spec.leads)
         lr_model = fit_logistic(f_train, data.train.y, len(classes))
-        models[LOGISTIC_NAME] = model_block(lr_model.predict_proba(f_test), test.y, groups, classes, n_boot, seed)
+        all_probs[LOGISTIC_NAME] = lr_model.predict_proba(f_test)
+        models[LOGISTIC_NAME] = model_block(all_probs[LOGISTIC_NAME], test.y, groups, classes, n_boot, seed)
         baseline_info[LOGISTIC_NAME] = {
             "features": list(FEATURE_NAMES),
             "n_train": len(data.train),
@@ -201,6 +211,7 @@ def evaluate(
         }
         log.info("training the plain-CNN baseline")
         cnn_probs, cnn_info = _cnn_baseline(ckpt, data, seed)
+        all_probs[CNN_NAME] = cnn_probs
         models[CNN_NAME] = model_block(cnn_probs, test.y, groups, classes, n_boot, seed)
         baseline_info[CNN_NAME] = cnn_info
     elif baselines:
@@ -241,6 +252,7 @@ def evaluate(
         "classes": list(classes),
         "disease_classes": list(disease_classes(classes)),
         "models": models,
+        "macro_auroc_differences": paired_differences(MODEL_NAME, all_probs, test.y, groups, classes, n_boot, seed),
         "baselines": baseline_info,
         "operating_points": operating,
         "lead_masking": masking,

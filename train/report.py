@@ -17,13 +17,22 @@ import numpy as np
 from .metrics import (
     confusion_matrix,
     expected_calibration_error,
+    macro_auroc,
     patient_bootstrap,
     reliability_curve,
     roc_curve,
     summary_metrics,
 )
 
-__all__ = ["SCHEMA", "SYNTHETIC_CAVEAT", "model_block", "masking_finding", "write_report", "to_jsonable"]
+__all__ = [
+    "SCHEMA",
+    "SYNTHETIC_CAVEAT",
+    "model_block",
+    "paired_differences",
+    "masking_finding",
+    "write_report",
+    "to_jsonable",
+]
 
 SCHEMA = "lasan-evaluation-report/1"
 SYNTHETIC_CAVEAT = (
@@ -60,6 +69,32 @@ def model_block(
         "reliability": reliability_curve(y, probs, 15),
         "roc": roc,
     }
+
+
+def paired_differences(
+    reference: str,
+    probs: dict[str, np.ndarray],
+    y: np.ndarray,
+    groups: np.ndarray,
+    classes: tuple[str, ...],
+    n_boot: int,
+    seed: int,
+) -> dict[str, Any]:
+    """Macro-AUROC of ``reference`` minus each other model's, with a paired patient-bootstrap CI.
+
+    Paired: every replicate scores all models on the same resampled patients, so the
+    interval is for the difference itself (much narrower than comparing two separate CIs).
+    A CI above zero means the reference model is better on this data.
+    """
+    y = np.asarray(y)
+    others = [name for name in probs if name != reference]
+
+    def stat(idx: np.ndarray) -> dict[str, float]:
+        ref = macro_auroc(y[idx], probs[reference][idx], classes)
+        return {name: ref - macro_auroc(y[idx], probs[name][idx], classes) for name in others}
+
+    cis = patient_bootstrap(stat, groups, n_boot, seed)
+    return {f"{reference} - {name}": cis[name].to_dict() for name in others}
 
 
 def masking_finding(masking: dict[str, Any], group: str = "V1-V3") -> dict[str, Any]:
@@ -210,6 +245,10 @@ def _markdown(report: dict[str, Any]) -> str:
             + " |"
         )
     lines.append("| ECE (15 bins) | " + " | ".join(_fmt(block["ece"]) for block in models.values()) + " |")
+    diffs = report.get("macro_auroc_differences") or {}
+    if diffs:
+        lines += ["", "Macro-AUROC differences (paired patient bootstrap; a CI above 0 favours the first model):", ""]
+        lines += [f"- {name}: {_fmt_ci(ci)}" for name, ci in diffs.items()]
     lines += [
         "",
         "## Confusion matrix (LASAN; rows true, columns predicted)",

@@ -11,7 +11,7 @@ import pytest
 import torch
 from lasan.train.dataset import ECGArrays
 from lasan.train.evaluate_cli import CNN_NAME, LOGISTIC_NAME, MODEL_NAME, EvaluationData, evaluate
-from lasan.train.report import write_report
+from lasan.train.report import paired_differences, write_report
 
 from lasan.checkpoint import CheckpointInfo, load_checkpoint, save_checkpoint
 from lasan.cli import main
@@ -116,6 +116,7 @@ def test_evaluate_reports_model_and_baselines_side_by_side(checkpoint, tmp_path)
         report["lead_masking"]
     )
     assert set(report["attention_importance"]) == set(CLASSES)
+    assert set(report["macro_auroc_differences"]) == {f"{MODEL_NAME} - {LOGISTIC_NAME}", f"{MODEL_NAME} - {CNN_NAME}"}
     out = write_report(report, tmp_path / "r")
     assert json.loads((out / "report.json").read_text())["synthetic"] is True
 
@@ -207,3 +208,14 @@ def test_a_hybrid_checkpoint_evaluates_with_full_forward_masking(cohort, tmp_pat
     assert report["checkpoint"]["model_kind"] == "hybrid"
     assert report["lead_masking"]["V1-V3"]["leads"] == ["V1", "V2", "V3"]
     assert set(report["attention_importance"]) == set(CLASSES)
+
+
+def test_paired_difference_ci_is_zero_for_identical_models_and_positive_for_a_better_one():
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1, 2], 20)
+    groups = np.repeat(np.arange(30), 2)
+    perfect = np.eye(3)[y] * 0.9 + 0.1 / 3
+    noise = rng.dirichlet(np.ones(3), size=60)
+    diffs = paired_differences("A", {"A": perfect, "B": perfect, "C": noise}, y, groups, CLASSES, 200, 0)
+    assert diffs["A - B"]["low"] == diffs["A - B"]["high"] == 0.0
+    assert diffs["A - C"]["low"] > 0.2
