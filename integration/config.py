@@ -183,7 +183,7 @@ class _Section:
         return value
 
     def port(self, key: str, default: int) -> int:
-        return self.int(key, default, 1, 65535)
+        return self.int(key, default, 0, 65535)  # 0: any free port (tests)
 
     def float(self, key: str, default: float, lo: float = 0.0) -> float:
         value = self._get(key, default)
