@@ -287,7 +287,7 @@ def _export_parts(
     model = ckpt.model.eval()
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2, shape.n_leads, shape.n_samples, generator=gen)  # (B, leads, T)
-    with torch.inference_mode():
+    with torch.no_grad():  # not inference_mode: these tensors feed the ONNX tracer as examples
         enc_out = model.encoder_part()(x)
     enc_example = tuple(enc_out) if isinstance(enc_out, (tuple, list)) else (enc_out,)
     enc_names = (LEAD_FEATURES, FOUNDATION_FEATURES)[: len(enc_example)]

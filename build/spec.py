@@ -145,7 +145,7 @@ def _fp32(name: str, *dims: int) -> TensorSpec:
     return TensorSpec(name, "TYPE_FP32", tuple(dims))
 
 
-def _part_names(tensors: tuple[TensorSpec, ...], platform: str, outputs: bool) -> tuple[str, ...]:
+def _part_names(tensors: tuple[TensorSpec, ...], platform: str) -> tuple[str, ...]:
     """Names a backend gives the tensors of an exported part.
 
     The libtorch backend takes inputs by forward-argument name but can only name outputs
@@ -219,8 +219,8 @@ def repository_spec(
         if part_platform == "tensorrt_plan" and engine_names and name in engine_names:
             in_names, out_names = engine_names[name]
         else:
-            in_names = _part_names(ins, part_platform, False)
-            out_names = _part_names(outs, part_platform, True)
+            in_names = _part_names(ins, part_platform)
+            out_names = _part_names(outs, part_platform)
         own_ins = tuple(TensorSpec(n_, t.dtype, t.dims) for n_, t in zip(in_names, ins, strict=True))
         own_outs = tuple(TensorSpec(n_, t.dtype, t.dims) for n_, t in zip(out_names, outs, strict=True))
         part_params = {**params, "tensor_inputs": ",".join(in_names), "tensor_outputs": ",".join(out_names)}

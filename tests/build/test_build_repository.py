@@ -108,13 +108,23 @@ def test_onnx_exports_have_named_tensors_and_dynamic_batch(cpu_repository: Path)
 
 
 def test_hybrid_repository_has_foundation_features(tiny_hybrid_checkpoint: Path, tmp_path: Path):
-    report = write_repository(tiny_hybrid_checkpoint, tmp_path / "repo", onnx=False)
+    report = write_repository(tiny_hybrid_checkpoint, tmp_path / "repo")
     enc = validate_pbtxt((report.path / ENCODER_MODEL / "config.pbtxt").read_text())
     assert [t.name for t in enc.output] == ["lead_features", "foundation_features"]
     assert list(enc.output[1].dims) == [16]
-    assert not (report.path / ENCODER_MODEL / "1" / "model.onnx").exists()
+    fusion = validate_pbtxt((report.path / FUSION_MODEL / "config.pbtxt").read_text())
+    assert [t.name for t in fusion.input] == ["lead_features", "foundation_features"]
+    onnx_exports = [e for e in report.exports if e.kind == "onnx"]
+    assert [e.path is not None for e in onnx_exports] == [True, True], [e.note for e in onnx_exports]
+    assert onnx_exports[1].details["inputs"] == ["lead_features", "foundation_features"]
     meta = json.loads((report.path / FUSION_MODEL / "1" / "metadata.json").read_text())
     assert meta["model_kind"] == "hybrid"
+
+
+def test_no_onnx_option(tiny_lasan_checkpoint: Path, tmp_path: Path):
+    report = write_repository(tiny_lasan_checkpoint, tmp_path / "repo", onnx=False)
+    assert not list(report.path.rglob("*.onnx"))
+    assert {e.kind for e in report.exports} == {"torchscript"}
 
 
 def test_missing_thresholds_use_documented_defaults(tmp_path: Path):
