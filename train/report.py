@@ -144,7 +144,7 @@ def _metric_label(key: str) -> str:
 def _fmt_ci(m: dict[str, Any] | None) -> str:
     if not m:
         return "n/a"
-    return f"{_fmt(m['estimate'])} ({_fmt(m['low'])}–{_fmt(m['high'])})"
+    return f"{_fmt(m['estimate'])} ({_fmt(m['low'])} to {_fmt(m['high'])})"
 
 
 def _plots(report: dict[str, Any], out: Path) -> list[str]:
@@ -208,6 +208,7 @@ def _plots(report: dict[str, Any], out: Path) -> list[str]:
         for k, (c, weights) in enumerate(importance.items()):
             vals = [weights[lead] if weights[lead] is not None else 0.0 for lead in leads]
             ax.bar(np.arange(len(leads)) + (k - (len(importance) - 1) / 2) * width, vals, width, label=c)
+        ax.axhline(1.0 / len(leads), color="grey", lw=0.8, ls="--", label=f"uniform (1/{len(leads)})")
         ax.set_xticks(np.arange(len(leads)), leads)
         ax.set(ylabel="mean lead weight", title="Attention lead importance by true class")
         ax.legend(fontsize=7)
