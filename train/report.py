@@ -103,7 +103,9 @@ def masking_finding(masking: dict[str, Any], group: str = "V1-V3") -> dict[str, 
     if entry is None or "ARVC" not in entry["delta"] or "LQTS" not in entry["delta"]:
         return {"group": group, "available": False}
     arvc, lqts = -entry["delta"]["ARVC"], -entry["delta"]["LQTS"]
-    holds = bool(np.isfinite(arvc) and np.isfinite(lqts) and arvc > lqts)
+    if not (np.isfinite(arvc) and np.isfinite(lqts)):  # a class absent from the evaluated data
+        return {"group": group, "available": False}
+    holds = bool(arvc > lqts)
     return {
         "group": group,
         "available": True,

@@ -11,7 +11,7 @@ import pytest
 import torch
 from lasan.train.dataset import ECGArrays
 from lasan.train.evaluate_cli import CNN_NAME, LOGISTIC_NAME, MODEL_NAME, EvaluationData, evaluate
-from lasan.train.report import paired_differences, write_report
+from lasan.train.report import masking_finding, paired_differences, write_report
 
 from lasan.checkpoint import CheckpointInfo, load_checkpoint, save_checkpoint
 from lasan.cli import main
@@ -219,3 +219,10 @@ def test_paired_difference_ci_is_zero_for_identical_models_and_positive_for_a_be
     diffs = paired_differences("A", {"A": perfect, "B": perfect, "C": noise}, y, groups, CLASSES, 200, 0)
     assert diffs["A - B"]["low"] == diffs["A - B"]["high"] == 0.0
     assert diffs["A - C"]["low"] > 0.2
+
+
+def test_masking_finding_needs_both_diseases():
+    entry = {"V1-V3": {"delta": {"ARVC": -0.2, "LQTS": -0.05, "control": 0.0}}}
+    assert masking_finding(entry)["arvc_drop_exceeds_lqts"] is True
+    entry["V1-V3"]["delta"]["LQTS"] = float("nan")
+    assert masking_finding(entry) == {"group": "V1-V3", "available": False}
