@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .dataset import Augment
 from .losses import FocalLoss
 from .masking import predict
 from .metrics import macro_auroc
@@ -158,6 +159,8 @@ class CNNTrainConfig:
     balanced_alpha: bool = True  # alpha_c = N / (C * n_c), like the trainer's default
     patience: int = 5  # early stopping on validation macro-AUROC
     seed: int = 0
+    augment: bool = False  # the trainer's augmentation (lasan.train.dataset.Augment), as LASAN had
+    fs: float = 500.0  # input rate, for the augmentation's time shift
 
 
 def train_plain_cnn(
@@ -182,6 +185,8 @@ def train_plain_cnn(
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1))
     xt = torch.as_tensor(x_train, dtype=torch.float32)
+    augment = Augment(fs=cfg.fs) if cfg.augment else None
+    gen = torch.Generator().manual_seed(cfg.seed)
     yt = torch.as_tensor(y_train, dtype=torch.int64)
     best, best_state, best_epoch, stale, epoch = -np.inf, copy.deepcopy(model.state_dict()), -1, 0, 0
     for epoch in range(cfg.epochs):
@@ -192,7 +197,8 @@ def train_plain_cnn(
             if len(idx) < 2:  # BatchNorm needs two samples
                 continue
             opt.zero_grad()
-            loss = loss_fn(model(xt[idx]), yt[idx])
+            xb = augment(xt[idx], gen) if augment is not None else xt[idx]  # (B, L, T)
+            loss = loss_fn(model(xb), yt[idx])
             loss.backward()
             opt.step()
         sched.step()

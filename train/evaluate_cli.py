@@ -157,6 +157,8 @@ def _cnn_baseline(ckpt: LoadedCheckpoint, data: EvaluationData, seed: int) -> tu
         gamma=float(_training_value(training, "focal_gamma", "gamma", default=2.0)),
         patience=int(_training_value(training, "patience", default=5)),
         seed=seed,
+        augment=bool(_training_value(training, "augment", default=False)),
+        fs=cfg.input.fs,
     )
     torch.manual_seed(seed)
     model = PlainCNN(

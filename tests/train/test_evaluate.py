@@ -82,7 +82,7 @@ def checkpoint(tmp_path_factory) -> Path:
     info = CheckpointInfo(
         thresholds={"screening": {"ARVC": 0.2, "LQTS": 0.2}, "confirmation": {"ARVC": 0.6, "LQTS": 0.6}},
         data_summary={"synthetic": True},
-        training={"data": {"split_seed": 3}, "training": {"epochs": 2, "batch_size": 8, "num_threads": 1}},
+        training={"data": {"split_seed": 3}, "training": {"epochs": 2, "batch_size": 8, "num_threads": 1, "augment": True}},
     )
     return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt", model, info)
 
