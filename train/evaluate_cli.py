@@ -97,10 +97,10 @@ def _training_value(training: dict[str, Any], *keys: str, default: Any = None) -
 
 
 def _split_rows(rows: list[Any], seed: int) -> dict[str, list[Any]]:
-    """The training split: the manifest's own ``split`` column when it has one, else the seeded patient split."""
-    from .split import check_no_leakage, patient_split, split_from_column
+    """The split ``lasan train`` made: the same function, called the same way, with the checkpoint's seed."""
+    from .split import check_no_leakage, split_patients
 
-    parts = split_from_column(rows) if rows and rows[0].get("split") else patient_split(rows, seed=seed)
+    parts = split_patients(rows, seed=seed)
     check_no_leakage(parts)
     return {name: list(getattr(parts, name)) for name in ("train", "val", "test")}
 

@@ -10,8 +10,17 @@ import numpy as np
 import pytest
 import torch
 from lasan.train.dataset import ECGArrays
-from lasan.train.evaluate_cli import CNN_NAME, LOGISTIC_NAME, MODEL_NAME, EvaluationData, evaluate
+from lasan.train.evaluate_cli import (
+    CNN_NAME,
+    LOGISTIC_NAME,
+    MODEL_NAME,
+    EvaluationData,
+    evaluate,
+    load_evaluation_data,
+)
+from lasan.train.manifest import read_manifest
 from lasan.train.report import masking_finding, paired_differences, write_report
+from lasan.train.split import split_patients
 
 from lasan.checkpoint import CheckpointInfo, load_checkpoint, save_checkpoint
 from lasan.cli import main
@@ -82,7 +91,10 @@ def checkpoint(tmp_path_factory) -> Path:
     info = CheckpointInfo(
         thresholds={"screening": {"ARVC": 0.2, "LQTS": 0.2}, "confirmation": {"ARVC": 0.6, "LQTS": 0.6}},
         data_summary={"synthetic": True},
-        training={"data": {"split_seed": 3}, "training": {"epochs": 2, "batch_size": 8, "num_threads": 1, "augment": True}},
+        training={
+            "data": {"split_seed": 3},
+            "training": {"epochs": 2, "batch_size": 8, "num_threads": 1, "augment": True},
+        },
     )
     return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt", model, info)
 
@@ -226,3 +238,14 @@ def test_masking_finding_needs_both_diseases():
     assert masking_finding(entry)["arvc_drop_exceeds_lqts"] is True
     entry["V1-V3"]["delta"]["LQTS"] = float("nan")
     assert masking_finding(entry) == {"group": "V1-V3", "available": False}
+
+
+def test_the_test_split_is_the_training_split_for_the_checkpoint_seed(cohort, tmp_path):
+    rows = read_manifest(cohort)
+    spec = LASANConfig(**TINY).input
+    data = load_evaluation_data(cohort, "test", spec, CLASSES, 3, tmp_path / "cache", cohort)
+    expected = split_patients(rows, seed=3)
+    assert set(data.test.patient_ids) == {r.patient_id for r in expected.test}
+    assert set(data.train.patient_ids) == {r.patient_id for r in expected.train}
+    assert not set(data.test.patient_ids) & set(data.train.patient_ids)
+    assert len(data.test) == len(expected.test)
