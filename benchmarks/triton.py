@@ -11,6 +11,7 @@ import csv
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -42,6 +43,7 @@ __all__ = [
     "perf_analyzer_command",
     "perf_analyzer_environment",
     "parse_perf_csv",
+    "parse_composing",
     "ENSEMBLE_RATIO_TARGET",
 ]
 
@@ -171,6 +173,30 @@ def parse_perf_csv(path: Path, model: str) -> list[PerfResult]:
     return out
 
 
+_COMPOSING_RE = re.compile(
+    r"^\s{2}(?P<name>[\w.-]+), version: \S+\s*$.*?Inference count: (?P<inferences>\d+).*?"
+    r"Execution count: (?P<executions>\d+).*?Avg request latency: (?P<latency>\d+) usec"
+    r"(?:.*?queue (?P<queue>\d+) usec)?(?:.*?compute infer (?P<infer>\d+) usec)?",
+    re.MULTILINE | re.DOTALL,
+)
+
+
+def parse_composing(log_text: str) -> dict[str, dict[str, float]]:
+    """Server-side time per composing model from perf_analyzer's ensemble report (ms, and mean batch size)."""
+    _, _, tail = log_text.partition("Composing models:")
+    tail = tail.split("Inferences/Second vs.", 1)[0]
+    out: dict[str, dict[str, float]] = {}
+    for m in _COMPOSING_RE.finditer(tail):
+        executions = int(m["executions"]) or 1
+        out[m["name"]] = {
+            "avg_request_ms": int(m["latency"]) / 1000.0,
+            "queue_ms": int(m["queue"]) / 1000.0 if m["queue"] else float("nan"),
+            "compute_infer_ms": int(m["infer"]) / 1000.0 if m["infer"] else float("nan"),
+            "mean_batch": int(m["inferences"]) / executions,
+        }
+    return out
+
+
 def _input_file(path: Path, tensors: dict[str, np.ndarray]) -> Path:
     """perf_analyzer's --input-data JSON: one request, each tensor flat with its shape (no batch dim)."""
     entry = {
@@ -226,6 +252,13 @@ def _run_perf(model: str, url: str, data: Path, concurrency: int, out: Path, win
     if not rows:
         raise ServerError(f"perf_analyzer wrote no measurement for {model} at concurrency {concurrency}")
     return rows[0]
+
+
+def _composing_from_log(out: Path, concurrency: int) -> dict[str, dict[str, float]]:
+    try:
+        return parse_composing((out / f"perf-{ENSEMBLE_MODEL}-c{concurrency}.log").read_text())
+    except OSError:
+        return {}
 
 
 def _latency_row(label: str, r: PerfResult) -> Row:
@@ -323,6 +356,20 @@ def run_triton_benchmark(
         else:
             rows.append(Row(SECTION, f"{label}: throughput", r.throughput, "ECG/s"))
         rows.append(_latency_row(label, r))
+    inside = _composing_from_log(out, 8)
+    details["ensemble_c8_composing"] = inside
+    if inside:
+        total = sum(v["avg_request_ms"] for v in inside.values()) or 1.0
+        for model in COMPOSING:
+            v = inside.get(model)
+            if v is None:
+                rows.append(not_run(SECTION, f"inside the ensemble at concurrency 8: '{model}'",
+                                    "perf_analyzer reported no server statistics for it"))
+                continue
+            rows.append(Row(SECTION, f"inside the ensemble at concurrency 8: '{model}' server time per request",
+                            v["avg_request_ms"], "ms",
+                            note=f"{v['avg_request_ms'] / total:.0%} of the ensemble's server time; queue "
+                                 f"{v['queue_ms']:.1f} ms, mean dynamic batch {v['mean_batch']:.1f}"))
     ensemble_c1 = next((r for r in results.get(ENSEMBLE_MODEL, []) if r.concurrency == 1), None)
     for model in COMPOSING:
         for r in results.get(model, []):

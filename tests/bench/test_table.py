@@ -57,3 +57,32 @@ def test_percentile_interpolates():
     assert percentile([1.0, 2.0, 3.0, 4.0, 5.0], 50) == 3.0
     assert percentile([10.0, 20.0], 99) == pytest.approx(19.9)
     assert percentile([], 99) != percentile([], 99)  # NaN
+
+
+ENSEMBLE_LOG = """\
+  Composing models:
+  encoder, version: 1
+      Inference count: 60
+      Execution count: 17
+      Successful request count: 60
+      Avg request latency: 1162264 usec (overhead 10 usec + queue 13463 usec + compute input 108 usec + compute infer 1145710 usec + compute output 2972 usec)
+
+  fusion, version: 1
+      Inference count: 60
+      Execution count: 20
+      Successful request count: 60
+      Avg request latency: 10902 usec (overhead 8 usec + queue 809 usec + compute input 72 usec + compute infer 9693 usec + compute output 319 usec)
+
+Inferences/Second vs. Client Average Batch Latency
+"""
+
+
+def test_composing_model_statistics_are_read_from_the_ensemble_report():
+    from lasan.bench.triton import parse_composing
+
+    stats = parse_composing("Request concurrency: 8\n" + ENSEMBLE_LOG)
+    assert set(stats) == {"encoder", "fusion"}
+    assert stats["encoder"]["avg_request_ms"] == pytest.approx(1162.264)
+    assert stats["encoder"]["queue_ms"] == pytest.approx(13.463)
+    assert stats["fusion"]["compute_infer_ms"] == pytest.approx(9.693)
+    assert stats["fusion"]["mean_batch"] == pytest.approx(3.0)
