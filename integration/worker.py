@@ -118,6 +118,7 @@ class ResultWorker:
         self.config, self.queue, self.metrics, self.health = config, queue, metrics, health
         self._scorer_factory = scorer_factory or self._default_scorer
         self._scorer: Any = None
+        self._scorer_stale = False  # a fresh gRPC channel is wanted after the current pass
         self._poll = poll_interval_s
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
@@ -176,6 +177,10 @@ class ResultWorker:
                     await self._score(item)
 
             await asyncio.gather(*(one(i) for i in to_score))
+            if self._scorer_stale:
+                # Closed only here, with no call in flight: closing a shared channel under
+                # other tasks would fail their calls too.
+                await self._close_scorer()
         # Send in queue order, one at a time (original-mode ACK on one connection).
         for item in items:
             if self._stop.is_set():
@@ -206,15 +211,15 @@ class ResultWorker:
         except TritonUnavailableError as exc:
             self.health.triton_reachable = False
             self.metrics.triton_up.set(0)
-            # A fresh gRPC channel next time: an old one can sit in a long reconnect backoff.
-            await self._close_scorer()
+            # A fresh gRPC channel next pass: an old one can sit in a long reconnect backoff.
+            self._scorer_stale = True
             await self._retry(item, "score", f"Triton unavailable: {exc}", ids)
             return
         except (ScoringError, ECGFormatError) as exc:
             await self._fail(item, f"the model refused this ECG: {exc}", ids)
             return
         except Exception as exc:  # noqa: BLE001 - unknown: keep the item, try again later
-            await self._close_scorer()
+            self._scorer_stale = True
             await self._retry(item, "score", f"{type(exc).__name__}: {exc}", ids)
             return
         pdf = await self._pdf(loaded.record, score, ids) if self.config.scoring.pdf_report else None
@@ -305,7 +310,7 @@ class ResultWorker:
         event("worker.failed", logging.ERROR, log, error=error, **ids)
 
     async def _close_scorer(self) -> None:
-        scorer, self._scorer = self._scorer, None
+        scorer, self._scorer, self._scorer_stale = self._scorer, None, False
         if scorer is not None:
             try:
                 await scorer.close()
