@@ -7,8 +7,12 @@ the process-level tests (SIGKILL, logs) are in test_feed_resilience.py.
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import io
+import json
+import subprocess
+import sys
 import urllib.request
 
 import pytest
@@ -67,7 +71,8 @@ def test_hl7_in_result_out_matches_direct_scoring(style, tmp_path, triton_server
     records = [small_ecg(seed=s, leads=("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"),
                          fs=500.0) for s in (1, 2)]
     messages = [oru(r, f"{style.upper()}-{i}", style=style) for i, r in enumerate(records)]
-    cfg = _config(tmp_path, triton_server.grpc_url, downstream.port)
+    # The ED style also asks for the PDF report in an ED OBX.
+    cfg = _config(tmp_path, triton_server.grpc_url, downstream.port, scoring={"pdf_report": style == "ed"})
 
     async def main():
         app = IntegrationApp(cfg)
@@ -84,12 +89,32 @@ def test_hl7_in_result_out_matches_direct_scoring(style, tmp_path, triton_server
 
     acks, got, metrics_text, health = asyncio.run(main())
     assert [(a.code, a.control_id) for a in acks] == [("AA", f"{style.upper()}-0"), ("AA", f"{style.upper()}-1")]
-    # Score the very records the messages carry, straight through the client.
+    # Score the very records the messages carry, straight through the client...
     direct = _direct_scores(triton_server.grpc_url, [parse_oru(m).record for m in messages])
+    # ...and with `lasan score --json` on the same messages written to files.
+    files = []
+    for i, m in enumerate(messages):
+        files.append(tmp_path / f"ecg-{i}.hl7")
+        files[-1].write_bytes(m)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lasan.cli", "score", *map(str, files), "--url", triton_server.grpc_url, "--json",
+         "--no-progress"], capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    cli_scores = [json.loads(line)["probabilities"] for line in proc.stdout.splitlines() if line.startswith("{")]
     for i, score in enumerate(direct):
         (result,) = got[f"{style.upper()}-{i}"]
         probs = result_probabilities(result)
         assert probs == {c.upper(): p for c, p in score.probabilities.items()}  # exactly, as printed
+        assert probs == {c.upper(): p for c, p in cli_scores[i].items()}
+        pdf = [seg for seg in result.split("\r") if "REPORT-PDF" in seg]
+        if style == "ed":
+            (seg,) = pdf
+            data = seg.split("|")[5].split("^")
+            assert data[1:4] == ["application", "pdf", "Base64"]
+            assert base64.b64decode(data[4]).startswith(b"%PDF")
+        else:
+            assert pdf == []
         values = obx_values(result)
         assert values["MODEL"].endswith(score.model_version)
         lead_imp = {c[len("LEADIMP-"):]: float(v) for c, v in values.items() if c.startswith("LEADIMP-")}
