@@ -220,11 +220,30 @@ def write_repository(
             raise ModelRepositoryError(f"{out} already exists; remove it or allow overwriting")
         if not (out / "lasan_build.json").is_file() and any(out.iterdir()):
             raise ModelRepositoryError(f"{out} exists and is not a LASAN repository; refusing to replace it")
-        shutil.rmtree(out)
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
+    try:
+        exports = _write_staging(ckpt, staging, options, onnx, notes)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # the previous repository, if any, stays as it was
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    staging.replace(out)
+    for note in notes:
+        log.info(note)
+    moved = tuple(
+        ExportResult(e.kind, out / e.path.relative_to(staging) if e.path else None, e.note, e.max_abs_diff, e.details)
+        for e in exports
+    )
+    return BuildReport(out, profile, moved, bool(engines), tuple(notes))
 
+
+def _write_staging(
+    ckpt: LoadedCheckpoint, staging: Path, options: BuildOptions, onnx: bool, notes: list[str]
+) -> list[ExportResult]:
+    profile = options.profile
     thresholds, source = served_thresholds(ckpt)
     meta = _metadata(ckpt, profile, thresholds, source)
     shape = model_shape(ckpt)
@@ -269,14 +288,7 @@ def write_repository(
             default=str,
         )
     )
-    staging.replace(out)
-    for note in notes:
-        log.info(note)
-    exports = tuple(
-        ExportResult(e.kind, out / e.path.relative_to(staging) if e.path else None, e.note, e.max_abs_diff, e.details)
-        for e in exports
-    )
-    return BuildReport(out, profile, exports, bool(engines), tuple(notes))
+    return exports
 
 
 def _export_parts(
