@@ -232,7 +232,7 @@ async def _run_feed(
 ) -> tuple[list[RateResult], dict[str, Any]]:
     sink = _Sink()
     await sink.start()
-    var = work / "var"
+    var = (work / "var").resolve()  # the listener resolves relative paths against the YAML's folder
     var.mkdir(parents=True, exist_ok=True)
     for old in (var / "queue.sqlite", var / "queue.sqlite-wal", var / "queue.sqlite-shm"):
         old.unlink(missing_ok=True)
