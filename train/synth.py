@@ -42,7 +42,6 @@ Full tables and what the model cannot represent: docs/synthetic_cohort.md.
 
 from __future__ import annotations
 
-import base64
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -52,6 +51,9 @@ from typing import Any
 import numpy as np
 
 from lasan.errors import ConfigError
+from lasan.formats.dicom import write_dicom
+from lasan.formats.hl7_write import build_oru
+from lasan.formats.wfdb_io import write_wfdb
 from lasan.leads import STANDARD_LEADS
 from lasan.record import Acquisition, ECGRecord, PatientIdentity
 
@@ -68,7 +70,6 @@ __all__ = [
     "synthesize_ecg",
     "synthesize_patient",
     "generate_cohort",
-    "write_wfdb_fast",
 ]
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,6 @@ CLASS_MIX: dict[str, float] = {"ARVC": 0.35, "LQTS": 0.35, "control": 0.30}
 FORMATS: tuple[str, ...] = ("wfdb", "dicom", "hl7")
 _ECGS_PER_PATIENT = (0.35, 0.30, 0.20, 0.15)  # 1..4 ECGs; mean 2.15 (the paper: 1,344 ECGs / 645 patients)
 _OTHER_SITE = 0.15
-_INT16_MAX = 32767
 
 
 @dataclass(frozen=True)
@@ -280,73 +280,16 @@ def _truth_columns(record: ECGRecord, truth: dict[str, Any]) -> dict[str, str]:
     }
 
 
-def _deterministic_dicom_bytes(record: ECGRecord, key: str) -> bytes:
-    """DICOM bytes from :mod:`lasan.formats.dicom` with UIDs derived from ``key``.
-
-    The writer draws fresh random UIDs (right for real exports); the cohort must be
-    byte-identical for a given seed, so its UIDs are hashed from the ECG id instead.
-    """
-    import io
-
-    from pydicom.uid import generate_uid
-
-    from lasan.formats.dicom import record_to_dataset
-
-    ds = record_to_dataset(record)
-    uid = generate_uid(entropy_srcs=["lasan-synth", key, "sop"])
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uid
-    ds.StudyInstanceUID = generate_uid(entropy_srcs=["lasan-synth", key, "study"])
-    ds.SeriesInstanceUID = generate_uid(entropy_srcs=["lasan-synth", key, "series"])
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
-
-def write_wfdb_fast(record: ECGRecord, base: Path) -> Path:
-    """The bytes :func:`lasan.formats.wfdb_io.write_wfdb` writes, without ``wfdb.wrsamp``.
-
-    ``wrsamp`` validates every header field through pandas and costs ~80 ms per
-    record, which alone would take the default cohort past a minute. This writes the
-    same format-16 record (1 uV per count unless the peak needs a coarser gain, PTB-XL
-    lower-case names); tests/train/test_synth.py checks that the files are byte-identical
-    to ``write_wfdb``'s, so the one WFDB writer stays the reference.
-    """
-    signal = record.signal.astype(np.float64)
-    peak = float(np.abs(signal).max(initial=0.0))
-    gain = 1000.0 if peak * 1000.0 <= _INT16_MAX else float(np.floor(_INT16_MAX / peak))
-    counts = np.rint(signal * gain).astype(np.int64)  # (leads, T)
-    fs = str(int(record.fs)) if round(record.fs, 8) == float(int(record.fs)) else str(record.fs)
-    name = base.name
-    lines = [f"{name} {len(record.leads)} {fs} {record.n_samples}"]
-    for lead, row in zip(record.leads, counts, strict=True):
-        lines.append(f"{name}.dat 16 {gain}(0)/mV 16 0 {int(row[0])} {int(row.sum()) % 65536} 0 {lead.lower()}")
-    base.parent.mkdir(parents=True, exist_ok=True)
-    base.with_suffix(".dat").write_bytes(np.ascontiguousarray(counts.T).astype("<i2").tobytes())
-    header = base.with_suffix(".hea")
-    header.write_text("\n".join(lines) + "\n", encoding="ascii")
-    return header
-
-
 def _write(record: ECGRecord, out_dir: Path, ecg_id: str, fmt: str, style: str) -> tuple[Path, str]:
     """Write one record with the lasan.formats writers; returns (path, manifest format)."""
     if fmt == "wfdb":
-        return write_wfdb_fast(record, out_dir / "wfdb" / ecg_id), "wfdb"
+        return write_wfdb(record, out_dir / "wfdb" / ecg_id), "wfdb"
+    # UIDs hashed from the ECG id: the cohort is byte-identical for a given seed.
     if fmt == "dicom":
-        path = out_dir / "dicom" / f"{ecg_id}.dcm"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(_deterministic_dicom_bytes(record, ecg_id))
-        return path, "dicom"
-    from lasan.formats.hl7_write import build_oru
-
+        return write_dicom(record, out_dir / "dicom" / f"{ecg_id}.dcm", uid_key=ecg_id), "dicom"
     when = datetime.fromisoformat(record.acquisition.acquired_at or "2021-01-01T00:00:00")
     message = build_oru(record, style=style, control_id=ecg_id, sending_facility=record.acquisition.device or "",
-                        message_datetime=when)
-    if style == "ed":  # swap in the DICOM payload with deterministic UIDs
-        text = message.decode("utf-8")
-        head, rest = text.split("^Base64^", 1)
-        payload, tail = rest.split("|", 1)
-        fixed = base64.b64encode(_deterministic_dicom_bytes(record, ecg_id)).decode("ascii")
-        message = (head + "^Base64^" + fixed + "|" + tail).encode("utf-8")
+                        message_datetime=when, uid_key=ecg_id)
     path = out_dir / "hl7" / f"{ecg_id}.hl7"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(message)

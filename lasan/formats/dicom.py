@@ -290,12 +290,15 @@ def _acquired_at(ds) -> str | None:
 # ---------------------------------------------------------------------------- writing
 
 
-def record_to_dataset(record: ECGRecord, *, sop_class: str | None = None):
+def record_to_dataset(record: ECGRecord, *, sop_class: str | None = None, uid_key: str | None = None):
     """A pydicom ``FileDataset`` holding ``record`` as a DICOM ECG.
 
     The SOP class is 12-lead ECG Waveform Storage when the record fits that IOD
     (200-1000 Hz, at most 16384 samples), else General ECG Waveform Storage. Samples are
     int16 at 1 uV per count unless the amplitude needs a coarser sensitivity.
+
+    UIDs are fresh random UIDs (right for real exports) unless ``uid_key`` is given:
+    then they are hashed from it, so that e.g. a seeded synthetic cohort is byte-identical.
 
     Raises:
         BadWaveformError: the record has NaN samples (int16 has no NaN).
@@ -316,7 +319,10 @@ def record_to_dataset(record: ECGRecord, *, sop_class: str | None = None):
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop
-    meta.MediaStorageSOPInstanceUID = generate_uid()
+    def new_uid(kind: str) -> str:
+        return generate_uid(entropy_srcs=["lasan", uid_key, kind]) if uid_key is not None else generate_uid()
+
+    meta.MediaStorageSOPInstanceUID = new_uid("sop")
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
@@ -327,8 +333,8 @@ def record_to_dataset(record: ECGRecord, *, sop_class: str | None = None):
     ds.SpecificCharacterSet = "ISO_IR 192"
     ds.SOPClassUID = sop
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
+    ds.StudyInstanceUID = new_uid("study")
+    ds.SeriesInstanceUID = new_uid("series")
     ds.Modality = "ECG"
     ds.StudyDate = ds.ContentDate = date
     ds.StudyTime = ds.ContentTime = time
@@ -387,21 +393,24 @@ def record_to_dataset(record: ECGRecord, *, sop_class: str | None = None):
     return ds
 
 
-def dicom_bytes(record: ECGRecord, *, sop_class: str | None = None) -> bytes:
+def dicom_bytes(record: ECGRecord, *, sop_class: str | None = None, uid_key: str | None = None) -> bytes:
     """The bytes of a DICOM Part 10 file holding ``record`` (see :func:`record_to_dataset`)."""
     buffer = io.BytesIO()
-    record_to_dataset(record, sop_class=sop_class).save_as(buffer, enforce_file_format=True)
+    record_to_dataset(record, sop_class=sop_class, uid_key=uid_key).save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
 
 
-def write_dicom(record: ECGRecord, path: str | os.PathLike[str], *, sop_class: str | None = None) -> Path:
+def write_dicom(
+    record: ECGRecord, path: str | os.PathLike[str], *, sop_class: str | None = None, uid_key: str | None = None
+) -> Path:
     """Write ``record`` as a DICOM ECG file and return its path.
 
     Raises:
         BadWaveformError: see :func:`record_to_dataset`.
     """
     path = Path(path)
-    path.write_bytes(dicom_bytes(record, sop_class=sop_class))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(dicom_bytes(record, sop_class=sop_class, uid_key=uid_key))
     return path
 
 

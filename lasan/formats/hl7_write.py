@@ -49,6 +49,7 @@ def build_oru(
     filler_order_number: str = "",
     include_patient: bool = True,
     na_units: str = "uV",
+    uid_key: str | None = None,
 ) -> bytes:
     """An ORU^R01 message (segments ended by CR, no MLLP framing) carrying ``record``.
 
@@ -60,6 +61,8 @@ def build_oru(
         charset: MSH-18; the message is encoded with it.
         include_patient: write PID-3/5/7/8 from ``record.patient``.
         na_units: ``"uV"`` (integers) or ``"mV"`` (4 decimals) for NA samples.
+        uid_key: ED style only: derive the embedded DICOM's UIDs from this key
+            (deterministic output) instead of fresh random UIDs.
 
     Raises:
         ConfigError: unknown style, units or charset.
@@ -101,7 +104,7 @@ def build_oru(
     else:
         from .dicom import dicom_bytes
 
-        data = base64.b64encode(dicom_bytes(record)).decode("ascii")
+        data = base64.b64encode(dicom_bytes(record, uid_key=uid_key)).decode("ascii")
         segments.append(f"OBX|1|ED|{ECG_SERVICE_CODE}|1|^application^DICOM^Base64^{data}||||||F|||{observed}")
     return ("\r".join(segments) + "\r").encode(codec)
 
