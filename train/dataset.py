@@ -23,7 +23,7 @@ import torch
 from ..errors import ConfigError, ECGFormatError
 from ..preprocessing import InputSpec, preprocess
 
-__all__ = ["ECGArrays", "Augment", "load_arrays", "cache_key", "batches"]
+__all__ = ["ECGArrays", "Augment", "load_arrays", "cache_key", "file_digest", "batches"]
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +50,30 @@ def cache_key(file_sha256: str, spec: InputSpec) -> str:
     return f"{file_sha256[:32]}-{spec_hash[:16]}"
 
 
+def file_digest(path: Path) -> str:
+    """SHA-256 of an ECG's bytes; for a WFDB record (``.hea`` or base path) of all its files.
+
+    Raises:
+        OSError: the file (or every file of the WFDB record) is missing.
+    """
+    h = hashlib.sha256()
+    if path.is_file() and path.suffix != ".hea":
+        h.update(path.read_bytes())
+        return h.hexdigest()
+    base = path.with_suffix("") if path.suffix == ".hea" else path
+    files = sorted(base.parent.glob(base.name + ".*"))  # header + signal files (.dat, ...)
+    if not files:
+        raise FileNotFoundError(f"no such ECG file or WFDB record: {path}")
+    for f in files:
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
 def _preprocessed(path: Path, spec: InputSpec, cache_dir: Path | None) -> np.ndarray:
     from ..formats import read_ecg  # the readers import pydicom/wfdb; only needed on a cache miss path
 
-    data = path.read_bytes()
-    target = cache_dir / f"{cache_key(hashlib.sha256(data).hexdigest(), spec)}.npy" if cache_dir else None
+    target = cache_dir / f"{cache_key(file_digest(path), spec)}.npy" if cache_dir else None
     if target is not None and target.is_file():
         return np.load(target)
     x = preprocess(read_ecg(path), spec)

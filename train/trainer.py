@@ -272,7 +272,7 @@ def train_model(
             auroc,
             "  (encoder frozen)" if frozen else "",
         )
-        stopped_early = bad >= cfg.patience
+        stopped_early = bad >= cfg.patience and epoch + 1 < cfg.epochs
         if state_file is not None:
             _save_state(
                 state_file,
