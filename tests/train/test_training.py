@@ -169,3 +169,77 @@ def test_config_errors_are_explained():
         TrainConfig.from_dict({**base, "pretrain": {"epochs": 1}})
     with pytest.raises(ConfigError, match="d_model"):
         TrainConfig.from_dict({**base, "model": {"kind": "lasan", "d_model": 32}})
+
+
+# --- the whole `lasan train` pipeline on a tiny synthetic cohort -------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_cohort(tmp_path_factory):
+    from lasan.train.synth import generate_cohort
+
+    return generate_cohort(tmp_path_factory.mktemp("cohort"), 24, seed=3)
+
+
+def test_dataset_preprocesses_with_the_shared_contract_and_caches(tiny_cohort, tmp_path):
+    from lasan.formats import read_ecg
+    from lasan.preprocessing import preprocess
+    from lasan.train.dataset import load_arrays
+    from lasan.train.manifest import read_manifest
+
+    rows = list(read_manifest(tiny_cohort))[:4]
+    spec = InputSpec()
+    first = load_arrays(rows, spec, CLASSES, tmp_path / "cache", tiny_cohort.parent)
+    assert first.x.shape == (4, 8, 2500) and len(list((tmp_path / "cache").glob("*.npy"))) == 4
+    np.testing.assert_array_equal(first.x[0], preprocess(read_ecg(rows[0].path), spec))
+    again = load_arrays(rows, spec, CLASSES, tmp_path / "cache", tiny_cohort.parent)
+    np.testing.assert_array_equal(again.x, first.x)
+    other = load_arrays(rows[:1], InputSpec(n_samples=1000), CLASSES, tmp_path / "cache", tiny_cohort.parent)
+    assert other.x.shape == (1, 8, 1000)  # another InputSpec never reuses a cached array
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 5
+
+
+@pytest.mark.slow
+def test_lasan_train_writes_a_self_contained_checkpoint_and_resumes(tiny_cohort, tmp_path):
+    import yaml
+
+    from lasan.checkpoint import load_checkpoint
+    from lasan.cli import main
+
+    config = {
+        "output": str(tmp_path / "run"),
+        "data": {"manifest": str(tiny_cohort), "cache_dir": str(tmp_path / "cache")},
+        "model": {
+            "kind": "hybrid",
+            "fusion_dim": 16,
+            "lasan": {"cnn_channels": [4, 8, 8, 16], "d_model": 16, "ff_dim": 32, "head_hidden": 8, "pool": 4},
+            "encoder": {"kind": "builtin", "strategy": "lp_ft", "lp_epochs": 1, "options": {"width": 4, "depth": 2, "out_dim": 8}},
+        },
+        "pretrain": {"epochs": 1, "batch_size": 16},
+        "training": {"epochs": 2, "batch_size": 16, "seed": 0, "num_threads": 1},
+    }
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["train", "--config", str(path), "--device", "cpu", "--no-progress"]) == 0
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert ckpt.info.synthetic
+    assert set(ckpt.info.thresholds) == {"screening", "confirmation"}
+    assert ckpt.info.training["data"]["manifest"] == str(tiny_cohort)
+    assert ckpt.info.data_summary["splits"]["train"]["patients"] > 0
+    assert len(ckpt.info.metrics["history"]) == 2 and len(ckpt.info.metrics["pretrain_loss"]) == 1
+    assert ckpt.config.encoder.strategy == "lp_ft"
+    first = {k: v.clone() for k, v in ckpt.model.state_dict().items()}
+    # --resume after the last epoch has nothing left to do and reproduces the same checkpoint weights
+    assert main(["train", "--config", str(path), "--resume", "--device", "cpu", "--no-progress"]) == 0
+    again = load_checkpoint(tmp_path / "run" / "checkpoint.pt").model.state_dict()
+    for k, v in first.items():
+        torch.testing.assert_close(again[k], v, rtol=0, atol=0)
+
+
+def test_bad_config_file_is_reported_by_the_cli(tmp_path, capsys):
+    from lasan.cli import main
+
+    path = tmp_path / "bad.yaml"
+    path.write_text("output: x\ndata: {manifest: nowhere.csv}\ntraining: {epochs: 0}\n")
+    assert main(["train", "--config", str(path)]) == 1
+    assert "training.epochs" in capsys.readouterr().err
