@@ -88,6 +88,7 @@ class IntegrationApp:
 
             self.watch = WatchFolder(cfg.watch, self.queue, self.metrics, self.health,
                                      default_charset=cfg.listener.default_charset, on_stored=self.worker.wake)
+            self.watch.prepare()
             self._tasks.append(asyncio.create_task(self.watch.run(), name="watch"))
             self._parts.append(self.watch)
         if cfg.metrics.enabled:

@@ -58,10 +58,15 @@ class WatchFolder:
     def stop(self) -> None:
         self._stop.set()
 
-    async def run(self) -> None:
+    def prepare(self) -> None:
+        """Create the folder and its processed/ and rejected/ subfolders."""
         folder = self.config.folder
         for sub in (folder, folder / PROCESSED, folder / REJECTED):
             sub.mkdir(parents=True, exist_ok=True)
+
+    async def run(self) -> None:
+        folder = self.config.folder
+        self.prepare()
         event("watch.started", logging.INFO, log, folder=str(folder))
         while not self._stop.is_set():
             try:

@@ -187,8 +187,10 @@ class ResultWorker:
                 break
             if item.state == "received":
                 item = await asyncio.to_thread(self.queue.get, item.id)
-            if item.state == "scored":
-                await self._send(item)
+            if item.state == "scored" and not await self._send(item):
+                # Downstream is failing: leave the rest for later passes instead of
+                # waiting out one connection timeout per item now.
+                break
         return True
 
     # -- stage 1: score --------------------------------------------------------------------
@@ -264,14 +266,15 @@ class ResultWorker:
 
     # -- stage 2: deliver ------------------------------------------------------------------
 
-    async def _send(self, item: QueueItem) -> None:
+    async def _send(self, item: QueueItem) -> bool:
+        """Deliver a stored result; True when it is marked sent."""
         assert item.result is not None and item.result_control_id is not None
         ids = {"item": item.id, "control_id": item.key.control_id, "result_control_id": item.result_control_id}
         try:
             await asyncio.to_thread(_write_atomic, self.config.storage.outbox, f"{item.result_control_id}.hl7", item.result)
         except OSError as exc:
             await self._retry(item, "outbox", f"cannot write the outbox: {exc}", ids)
-            return
+            return False
         downstream = self.config.downstream
         if downstream is not None:
             if self._downstream is None:
@@ -284,13 +287,14 @@ class ResultWorker:
             except (OSError, asyncio.TimeoutError, LasanError) as exc:
                 await self._retry(item, "send", f"downstream {downstream.host}:{downstream.port}: "
                                   f"{type(exc).__name__}: {exc}", ids)
-                return
+                return False
             if ack.code not in (AA, "CA") or ack.control_id != item.result_control_id:
                 await self._retry(item, "send", f"downstream answered {ack.code} for {ack.control_id!r}: {ack.text}", ids)
-                return
+                return False
         await asyncio.to_thread(self.queue.mark_sent, item.id)
         self.metrics.results_sent.inc()
         event("worker.sent", logging.INFO, log, attempts=item.attempts + 1, **ids)
+        return True
 
     # -- bookkeeping ------------------------------------------------------------------------
 
