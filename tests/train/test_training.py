@@ -182,10 +182,11 @@ def tiny_cohort(tmp_path_factory):
 
 
 def test_dataset_preprocesses_with_the_shared_contract_and_caches(tiny_cohort, tmp_path):
-    from lasan.formats import read_ecg
-    from lasan.preprocessing import preprocess
     from lasan.train.dataset import load_arrays
     from lasan.train.manifest import read_manifest
+
+    from lasan.formats import read_ecg
+    from lasan.preprocessing import preprocess
 
     rows = list(read_manifest(tiny_cohort))[:4]
     spec = InputSpec()
@@ -213,7 +214,12 @@ def test_lasan_train_writes_a_self_contained_checkpoint_and_resumes(tiny_cohort,
             "kind": "hybrid",
             "fusion_dim": 16,
             "lasan": {"cnn_channels": [4, 8, 8, 16], "d_model": 16, "ff_dim": 32, "head_hidden": 8, "pool": 4},
-            "encoder": {"kind": "builtin", "strategy": "lp_ft", "lp_epochs": 1, "options": {"width": 4, "depth": 2, "out_dim": 8}},
+            "encoder": {
+                "kind": "builtin",
+                "strategy": "lp_ft",
+                "lp_epochs": 1,
+                "options": {"width": 4, "depth": 2, "out_dim": 8},
+            },
         },
         "pretrain": {"epochs": 1, "batch_size": 16},
         "training": {"epochs": 2, "batch_size": 16, "seed": 0, "num_threads": 1},
