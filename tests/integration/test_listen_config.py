@@ -72,3 +72,17 @@ def test_load_config_errors(tmp_path):
     ok = tmp_path / "ok.yaml"
     ok.write_text(yaml.safe_dump({"storage": {"queue_db": "q.sqlite"}}))
     assert load_config(ok).storage.queue_db == tmp_path / "q.sqlite"
+
+
+def test_lasan_listen_check_and_config_error_exit_codes(tmp_path):
+    import subprocess
+    import sys
+
+    ok = subprocess.run([sys.executable, "-m", "lasan.cli", "listen", "--config", str(EXAMPLE), "--check"],
+                        capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0 and "configuration is valid" in ok.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("listener:\n  port: 99999\n")
+    err = subprocess.run([sys.executable, "-m", "lasan.cli", "listen", "--config", str(bad)],
+                         capture_output=True, text=True, timeout=60)
+    assert err.returncode == 1 and "listener.port" in err.stderr
