@@ -64,15 +64,7 @@ class IntegrationApp:
             from .listener import HL7Intake, MLLPListener
 
             ctx = server_ssl_context(cfg.listener.tls) if cfg.listener.tls else None
-            intake = HL7Intake(cfg.listener, self.queue, self.metrics, self.health)
-            original = intake.handle
-
-            def handle_and_wake(raw: bytes, text: str) -> str:
-                ack = original(raw, text)
-                wake()
-                return ack
-
-            intake.handle = handle_and_wake  # type: ignore[method-assign]
+            intake = HL7Intake(cfg.listener, self.queue, self.metrics, self.health, on_stored=wake)
             self.listener = MLLPListener(cfg.listener, intake, ctx)
             self.ports["hl7"] = await self.listener.start()
             self._parts.append(self.listener)

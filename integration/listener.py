@@ -97,8 +97,12 @@ class HL7Intake:
         metrics: Metrics,
         health: Health,
         parse: ParseFn | None = None,
+        on_stored: Callable[[], None] | None = None,
     ) -> None:
+        """``parse`` defaults to :func:`lasan.formats.hl7.parse_oru`; ``on_stored`` is called (from a
+        worker thread) after a new message is stored, e.g. to wake the result worker."""
         self.config, self.queue, self.metrics, self.health = config, queue, metrics, health
+        self._on_stored = on_stored
         if parse is None:
             from lasan.formats.hl7 import parse_oru
 
@@ -144,6 +148,8 @@ class HL7Intake:
             outcome = self.queue.enqueue(key, raw, source="hl7", kind="hl7", ack=ack)
             if outcome.duplicate and outcome.ack:
                 return outcome.ack
+            if self._on_stored is not None:
+                self._on_stored()
             self.metrics.acks.labels(AA).inc()
             event("hl7.ack", logging.INFO, log, code=AA, control_id=header.control_id, item=outcome.item_id,
                   sender=f"{header.sending_application}|{header.sending_facility}", leads=len(record.leads),
