@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from ..preprocessing import InputSpec
 from .baselines import CNNTrainConfig, PlainCNN, fit_logistic, train_plain_cnn
 from .clinical_features import FEATURE_NAMES, feature_matrix
 from .dataset import ECGArrays
-from .masking import attention_importance, compare_with_attention, lead_masking, predict
+from .masking import attention_importance, compare_with_attention, lead_masking, masking_contrast, predict
 from .metrics import disease_classes
 from .operating_points import choose_operating_points, evaluate_operating_points
 from .report import (
@@ -191,8 +192,17 @@ def evaluate(
         raise ConfigError("the evaluated ECGs hold a single class; AUROC needs positives and negatives")
     groups = np.asarray(test.patient_ids)
     model = ckpt.model
+    timings: dict[str, float] = {}
+    clock = [time.monotonic()]
+
+    def _lap() -> float:
+        now = time.monotonic()
+        lap, clock[0] = now - clock[0], now
+        return round(lap, 2)
+
     preds = predict(model, test.x)
     models: dict[str, Any] = {MODEL_NAME: model_block(preds.probs, test.y, groups, classes, n_boot, seed)}
+    timings["model_and_bootstrap"] = _lap()
     all_probs = {MODEL_NAME: preds.probs}
     baseline_info: dict[str, Any] = {}
     if baselines and data.train is not None and data.val is not None and len(data.train):
@@ -202,6 +212,7 @@ def evaluate(
         lr_model = fit_logistic(f_train, data.train.y, len(classes))
         all_probs[LOGISTIC_NAME] = lr_model.predict_proba(f_test)
         models[LOGISTIC_NAME] = model_block(all_probs[LOGISTIC_NAME], test.y, groups, classes, n_boot, seed)
+        timings["clinical_baseline"] = _lap()
         baseline_info[LOGISTIC_NAME] = {
             "features": list(FEATURE_NAMES),
             "n_train": len(data.train),
@@ -216,6 +227,7 @@ def evaluate(
         all_probs[CNN_NAME] = cnn_probs
         models[CNN_NAME] = model_block(cnn_probs, test.y, groups, classes, n_boot, seed)
         baseline_info[CNN_NAME] = cnn_info
+        timings["cnn_baseline"] = _lap()
     elif baselines:
         baseline_info["skipped"] = "no training rows for the baselines (use --baseline-data with --split all)"
 
@@ -230,7 +242,17 @@ def evaluate(
         "test": evaluate_operating_points(thresholds, preds.probs, test.y, classes),
     }
 
+    _lap()  # operating points are cheap; start the masking clock here
     masking = lead_masking(model, test.x, test.y, classes, spec.leads)
+    timings["lead_masking"] = _lap()
+    finding = masking_finding(masking)
+    if finding["available"]:
+        v1_v3 = tuple(spec.leads.index(lead) for lead in masking[finding["group"]]["leads"])
+        masked = predict(model, test.x, mask=v1_v3).probs
+        finding["drop_difference_ci"] = masking_contrast(
+            preds.probs, masked, test.y, groups, classes, n_boot=n_boot, seed=seed
+        )
+        timings["masking_ci"] = _lap()
     report: dict[str, Any] = {
         "schema": SCHEMA,
         "synthetic": ckpt.info.synthetic,
@@ -258,7 +280,8 @@ def evaluate(
         "baselines": baseline_info,
         "operating_points": operating,
         "lead_masking": masking,
-        "masking_finding": masking_finding(masking),
+        "masking_finding": finding,
+        "timings_s": timings,
     }
     if preds.lead_weights is not None:
         importance = attention_importance(preds.lead_weights, test.y, classes, spec.leads)

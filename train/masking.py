@@ -19,7 +19,7 @@ from torch import nn
 
 from ..leads import PRECORDIAL_LEADS
 from ..models import LASAN
-from .metrics import one_vs_rest_auroc, rankdata
+from .metrics import auroc, one_vs_rest_auroc, patient_bootstrap, rankdata
 
 __all__ = [
     "LEAD_GROUPS",
@@ -30,6 +30,7 @@ __all__ = [
     "attention_importance",
     "rank_correlation",
     "compare_with_attention",
+    "masking_contrast",
 ]
 
 # The groups the issue asks for, in canonical lead names (defined here once).
@@ -198,3 +199,32 @@ def compare_with_attention(
             "top_lead_by_attention": model_leads[int(np.nanargmax(attn))] if np.isfinite(attn).any() else None,
         }
     return out
+
+
+def masking_contrast(
+    unmasked: np.ndarray,
+    masked: np.ndarray,
+    y: np.ndarray,
+    groups: np.ndarray,
+    classes: tuple[str, ...] | list[str],
+    first: str = "ARVC",
+    second: str = "LQTS",
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, float | int]:
+    """Paired patient-bootstrap CI of (AUROC drop of ``first``) - (AUROC drop of ``second``).
+
+    ``unmasked`` and ``masked`` are ``(N, C)`` probabilities of the same ECGs without
+    and with a lead group zeroed. A CI above zero means masking hurts ``first`` more,
+    beyond what resampling patients would produce by chance.
+    """
+    y = np.asarray(y)
+    ka, kb = list(classes).index(first), list(classes).index(second)
+
+    def stat(idx: np.ndarray) -> dict[str, float]:
+        yy = y[idx]
+        drop_a = auroc(yy == ka, unmasked[idx, ka]) - auroc(yy == ka, masked[idx, ka])
+        drop_b = auroc(yy == kb, unmasked[idx, kb]) - auroc(yy == kb, masked[idx, kb])
+        return {"d": drop_a - drop_b}
+
+    return patient_bootstrap(stat, groups, n_boot, seed)["d"].to_dict()

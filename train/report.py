@@ -134,7 +134,10 @@ def to_jsonable(obj: Any) -> Any:
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{value:.{digits}f}"
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    text = f"{value:.{digits}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text  # no "-0.000"
 
 
 def _metric_label(key: str) -> str:
@@ -297,6 +300,12 @@ def _markdown(report: dict[str, Any]) -> str:
                 f"(ARVC drop {_fmt(finding['arvc_auroc_drop'])}, LQTS drop {_fmt(finding['lqts_auroc_drop'])}); "
                 "the paper reports V1–V3 as the most important leads for ARVC.",
             ]
+            if finding.get("drop_difference_ci"):
+                lines += [
+                    "",
+                    "ARVC drop minus LQTS drop, paired patient bootstrap: "
+                    f"{_fmt_ci(finding['drop_difference_ci'])} (a CI above 0 means the difference is not chance).",
+                ]
     comparison = report.get("attention_vs_masking") or {}
     if comparison:
         lines += [

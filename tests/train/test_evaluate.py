@@ -128,6 +128,9 @@ def test_evaluate_reports_model_and_baselines_side_by_side(checkpoint, tmp_path)
         report["lead_masking"]
     )
     assert set(report["attention_importance"]) == set(CLASSES)
+    ci = report["masking_finding"]["drop_difference_ci"]
+    assert ci["low"] <= ci["estimate"] <= ci["high"]
+    assert {"model_and_bootstrap", "clinical_baseline", "cnn_baseline", "lead_masking"} <= set(report["timings_s"])
     assert set(report["macro_auroc_differences"]) == {f"{MODEL_NAME} - {LOGISTIC_NAME}", f"{MODEL_NAME} - {CNN_NAME}"}
     out = write_report(report, tmp_path / "r")
     assert json.loads((out / "report.json").read_text())["synthetic"] is True

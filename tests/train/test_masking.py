@@ -10,10 +10,12 @@ from lasan.train.masking import (
     attention_importance,
     compare_with_attention,
     lead_masking,
+    masking_contrast,
     masking_groups,
     predict,
     rank_correlation,
 )
+from lasan.train.metrics import auroc
 from torch import nn
 
 from lasan.leads import MODEL_LEADS
@@ -106,3 +108,17 @@ def test_attention_importance_and_rank_correlation():
     cmp = compare_with_attention(masking, {"ARVC": imp["ARVC"]}, MODEL_LEADS)
     assert cmp["ARVC"]["top_lead_by_masking"] == "V1" == cmp["ARVC"]["top_lead_by_attention"]
     assert cmp["ARVC"]["spearman"] > 0
+
+
+def test_masking_contrast_ci_is_positive_when_only_the_first_class_depends_on_the_leads():
+    x, y = _data()
+    groups = np.repeat(np.arange(len(y) // 2), 2)
+    model = OneLeadModel(MODEL_LEADS.index("V1"))
+    unmasked = predict(model, x).probs
+    masked = predict(model, x, mask=(MODEL_LEADS.index("V1"),)).probs
+    ci = masking_contrast(unmasked, masked, y, groups, CLASSES, "ARVC", "LQTS", n_boot=100, seed=0)
+    # ARVC loses about 0.5 AUROC; LQTS's score is -V1 energy, which also collapses to a tie: its drop is
+    # its own unmasked AUROC - 0.5. The estimate is exactly the difference of the two drops.
+    base = {c: auroc(y == k, unmasked[:, k]) for k, c in enumerate(CLASSES)}
+    assert ci["estimate"] == pytest.approx((base["ARVC"] - 0.5) - (base["LQTS"] - 0.5))
+    assert ci["low"] > 0
