@@ -144,10 +144,10 @@ def train_from_config(cfg: TrainConfig, resume: bool = False, device: str | None
         CheckpointError: ``resume`` without a training state.
     """
     started = time.monotonic()
-    out = Path(cfg.output)
-    out.mkdir(parents=True, exist_ok=True)
     tcfg = cfg.training
     dev = resolve_device(device or tcfg.device)
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
     if tcfg.num_threads:
         torch.set_num_threads(int(tcfg.num_threads))
     log.info("training on %s with %d CPU threads", dev, torch.get_num_threads())
