@@ -266,15 +266,22 @@ async def _run_feed(
 
 
 def _reuse_or_build(work: Path, checkpoint: str | None) -> Path:
+    import json
+
     from ..build.optimize import recommended_threads
     from ..build.repository import build_repository
+    from ..checkpoint import file_sha256
     from .triton import benchmark_checkpoint
 
     repo = work / "model_repository"
-    if (repo / "lasan" / "config.pbtxt").is_file() and (repo / "lasan_build.json").is_file():
-        return repo
-    return build_repository(benchmark_checkpoint(work, checkpoint), repo, "cpu", instances=recommended_threads(),
-                            onnx=False)
+    ckpt = benchmark_checkpoint(work, checkpoint)
+    try:  # the Triton section's repository, if it was built from this very checkpoint
+        built = json.loads((repo / "lasan_build.json").read_text())["metadata"]["checkpoint_sha256"]
+        if built == file_sha256(ckpt) and (repo / "lasan" / "config.pbtxt").is_file():
+            return repo
+    except (OSError, KeyError, ValueError):
+        pass
+    return build_repository(ckpt, repo, "cpu", instances=recommended_threads(), onnx=False)
 
 
 def run_feed_benchmark(
