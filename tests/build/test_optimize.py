@@ -36,7 +36,10 @@ def _parts(model: torch.nn.Module, x: torch.Tensor):
 
 @pytest.mark.parametrize(
     "cfg",
-    [SMALL, HybridConfig(lasan=SMALL, encoder=EncoderSpec(options={"width": 8, "depth": 2, "out_dim": 16}), fusion_dim=32)],
+    [
+        SMALL,
+        HybridConfig(lasan=SMALL, encoder=EncoderSpec(options={"width": 8, "depth": 2, "out_dim": 16}), fusion_dim=32),
+    ],
     ids=["lasan", "hybrid"],
 )
 @pytest.mark.parametrize("export", ["script", "trace"])
