@@ -148,5 +148,8 @@ def run(args: argparse.Namespace) -> int:
     print(table)
     print()
     print(caption)
+    example = details.get("triton", {}).get("perf_analyzer_example")
+    if example:
+        print(f"perf_analyzer (against the server this run started; its port is gone now): {example}")
     print(f"results: {json_path} and {out / 'latest.md'}")
     return 0
