@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import MissingLeadsError
+from ..labels import disease_classes
 from ..leads import MODEL_LEADS, STANDARD_LEADS
 from ..preprocessing import leads_for_rows
 from ..record import ECGRecord
@@ -150,10 +151,9 @@ def model_info_from(metadata: Mapping[str, Any], config: Mapping[str, Any]) -> M
     raw_leads = _param(params, _LEAD_KEYS)
     lead_order = _names(raw_leads) if raw_leads else MODEL_LEADS
     thresholds = _thresholds(params)
-    # Decisions are about diseases: every class but the control class (the rule of
-    # lasan.train.metrics.disease_classes), and only those with a published threshold.
+    # Decisions are about diseases, and only those with a published threshold.
     with_thresholds = {c for point in thresholds.values() for c in point}
-    disease = tuple(c for c in classes if c.lower() != "control" and (not with_thresholds or c in with_thresholds))
+    disease = tuple(c for c in disease_classes(classes) if not with_thresholds or c in with_thresholds)
     # The Triton version number alone does not say which weights answered: a rebuilt
     # repository is version 1 again. The checkpoint hash does; keep both, compactly.
     version = _param(params, _VERSION_KEYS)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lasan.errors import ConfigError
-from lasan.models.config import CLASSES
+from lasan.labels import CLASSES
 
 __all__ = ["ManifestRow", "REQUIRED_COLUMNS", "KNOWN_COLUMNS", "read_manifest", "write_manifest"]
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lasan.labels import CONTROL, disease_classes
+
 __all__ = [
     "CI",
     "rankdata",
@@ -74,14 +76,9 @@ def roc_curve(positive: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.n
     return np.r_[0.0, fp / n_neg], np.r_[0.0, tp / n_pos], np.r_[np.inf, s[last_of_run]]
 
 
-def disease_classes(classes: tuple[str, ...] | list[str]) -> tuple[str, ...]:
-    """The classes that are diseases: every class except the control class."""
-    return tuple(c for c in classes if c.lower() != "control")
-
-
 def _control_index(classes: tuple[str, ...] | list[str]) -> int | None:
     lowered = [c.lower() for c in classes]
-    return lowered.index("control") if "control" in lowered else None
+    return lowered.index(CONTROL) if CONTROL in lowered else None
 
 
 def one_vs_rest_auroc(y: np.ndarray, probs: np.ndarray, classes: tuple[str, ...] | list[str]) -> dict[str, float]:

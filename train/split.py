@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from lasan.errors import ConfigError
-from lasan.models.config import CLASSES
+from lasan.labels import CLASSES
 
 from .manifest import ManifestRow
 

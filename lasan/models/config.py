@@ -6,12 +6,10 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from ..errors import ConfigError
+from ..labels import CLASSES
 from ..preprocessing import InputSpec
 
 __all__ = ["CLASSES", "LASANConfig", "EncoderSpec", "HybridConfig", "model_config_from_dict"]
-
-CLASSES: tuple[str, ...] = ("ARVC", "LQTS", "control")
-
 
 @dataclass(frozen=True)
 class LASANConfig:
