@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from lasan.client.score import Score
-
 from lasan.record import PatientIdentity
 
 from .hl7_ack import escape_hl7

@@ -248,6 +248,7 @@ class ResultWorker:
 
             matplotlib.use("Agg")
             import matplotlib.pyplot as plt
+
             from lasan.client.report import render_report
 
             fig = render_report(record, score)

@@ -57,7 +57,7 @@ def check_quality(record: ECGRecord, spec: InputSpec = InputSpec()) -> list[Qual
                 f"{record.duration_s:.2f} s recorded; the model window is {spec.duration_s:g} s (zero-padded)",
             )
         )
-    for lead, row in zip(record.leads, record.signal):
+    for lead, row in zip(record.leads, record.signal, strict=True):
         finite = np.isfinite(row)
         if not finite.all():
             findings.append(

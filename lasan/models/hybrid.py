@@ -59,7 +59,7 @@ class HybridLASAN(nn.Module):
     def __init__(self, cfg: HybridConfig, foundation: nn.Module):
         super().__init__()
         self.config = cfg
-        self.foundation_dim = int(getattr(foundation, "out_dim"))
+        self.foundation_dim = int(foundation.out_dim)
         self.encoder = HybridEncoder(PerLeadCNN(cfg.lasan), foundation)
         self.fusion = HybridFusion(cfg, self.foundation_dim)
 

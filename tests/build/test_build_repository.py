@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 from conftest import TINY_THRESHOLDS, make_tiny_checkpoint
+
 from lasan.build.export import cuda_available
 from lasan.build.repository import DEFAULT_THRESHOLDS, SYNTHETIC_NOTICE, write_repository
 from lasan.build.spec import validate_pbtxt
-
 from lasan.checkpoint import load_checkpoint
 from lasan.cli import main
 from lasan.errors import ConfigError, ModelRepositoryError

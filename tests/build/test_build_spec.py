@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from tritonclient.grpc import model_config_pb2 as pb
+
 from lasan.build.spec import (
     FOUNDATION_FEATURES,
     LEAD_FEATURES,
@@ -19,8 +21,6 @@ from lasan.build.spec import (
     to_pbtxt,
     validate_pbtxt,
 )
-from tritonclient.grpc import model_config_pb2 as pb
-
 from lasan.errors import ConfigError, ModelRepositoryError
 from lasan.serving import (
     ENCODER_MODEL,

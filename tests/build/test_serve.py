@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from lasan.build.serve import TritonServer, check_port, free_port
 
+from lasan.build.serve import TritonServer, check_port, free_port
 from lasan.errors import ServerError
 
 

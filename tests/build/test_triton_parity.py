@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import torch
 from conftest import simple_ecg
+
 from lasan.build.repository import build_repository
 from lasan.build.serve import TritonServer, free_port
-
 from lasan.checkpoint import load_checkpoint
 from lasan.leads import STANDARD_LEADS
 from lasan.preprocessing import preprocess_array

@@ -6,10 +6,10 @@ import json
 import re
 
 import pytest
-from lasan.client.api import TritonScorer
-from lasan.client.cli import EXIT_FILE_FAILED, EXIT_OK
 
 from lasan.cli import main
+from lasan.client.api import TritonScorer
+from lasan.client.cli import EXIT_FILE_FAILED, EXIT_OK
 from lasan.formats import read_ecg
 
 pytestmark = pytest.mark.slow

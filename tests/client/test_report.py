@@ -7,10 +7,10 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from lasan.client.report import LAYOUT, MM_PER_MV, MM_PER_S, PAGE_MM, render_report, write_report, write_reports
-from lasan.client.score import Score
 from matplotlib.image import imread
 
+from lasan.client.report import LAYOUT, MM_PER_MV, MM_PER_S, PAGE_MM, render_report, write_report, write_reports
+from lasan.client.score import Score
 from lasan.errors import ConfigError
 from lasan.formats.sample import sample_ecg
 from lasan.leads import MODEL_LEADS

@@ -7,8 +7,8 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from lasan.client.request import decode_outputs, model_info_from, wire_ecg
 
+from lasan.client.request import decode_outputs, model_info_from, wire_ecg
 from lasan.errors import MissingLeadsError
 from lasan.formats.sample import sample_ecg
 from lasan.leads import MODEL_LEADS, STANDARD_LEADS

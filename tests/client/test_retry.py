@@ -6,11 +6,11 @@ import asyncio
 
 import pytest
 import tritonclient.grpc as grpcclient
-from lasan.client.api import AsyncTritonScorer, RetryPolicy, TritonScorer, is_transient
-from lasan.client.cli import EXIT_TRITON_UNAVAILABLE
 from tritonclient.utils import InferenceServerException
 
 from lasan.cli import main
+from lasan.client.api import AsyncTritonScorer, RetryPolicy, TritonScorer, is_transient
+from lasan.client.cli import EXIT_TRITON_UNAVAILABLE
 from lasan.errors import ScoringError, TritonUnavailableError
 
 

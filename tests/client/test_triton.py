@@ -9,9 +9,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from lasan.client.api import AsyncTritonScorer, TritonScorer
 
 from lasan.checkpoint import load_checkpoint
+from lasan.client.api import AsyncTritonScorer, TritonScorer
 from lasan.errors import ScoringError, TritonUnavailableError
 from lasan.formats import read_ecg
 from lasan.formats.sample import sample_ecg

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 from hl7apy.parser import parse_message
-from lasan.integration.hl7_ack import AA, AE, AR, build_ack, parse_ack, read_msh
 
 from lasan.errors import HL7MessageError
+from lasan.integration.hl7_ack import AA, AE, AR, build_ack, parse_ack, read_msh
 
 ORU = "MSH|^~\\&|CART|WARD 3|LASAN|HOSP|20240101120000||ORU^R01^ORU_R01|MSG-0042|P|2.5.1||||||8859/1\rPID|1\r"
 

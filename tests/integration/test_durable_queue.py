@@ -8,9 +8,9 @@ import subprocess
 import sys
 
 import pytest
-from lasan.integration.queue import DurableQueue, IdempotencyKey
 
 from lasan.errors import QueueStorageError
+from lasan.integration.queue import DurableQueue, IdempotencyKey
 
 KEY = IdempotencyKey("CART", "WARD", "C1")
 

@@ -17,6 +17,7 @@ import urllib.request
 
 import pytest
 from feedkit import msh10, obx_values, oru, result_probabilities, small_ecg
+
 from lasan.integration.cli import IntegrationApp
 from lasan.integration.config import config_from_dict
 from lasan.integration.hl7_ack import parse_ack

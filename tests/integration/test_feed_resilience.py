@@ -14,6 +14,7 @@ import urllib.request
 
 import pytest
 from feedkit import PHI_STRINGS, msh10, oru, result_probabilities, small_ecg
+
 from lasan.integration.hl7_ack import parse_ack
 from lasan.integration.mllp import MLLPClient, frame
 
@@ -106,6 +107,7 @@ def yaml_metrics_port(lp) -> int:
 
 def test_triton_down_then_up_all_acked_then_all_scored(triton_server, downstream, listener_process, tmp_path):
     from feedkit import free_port
+
     from lasan.build.serve import TritonServer
 
     grpc_port = free_port()

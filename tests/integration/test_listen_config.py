@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from lasan.integration.config import AppConfig, config_from_dict, load_config
 
 from lasan.errors import ConfigError
+from lasan.integration.config import AppConfig, config_from_dict, load_config
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "configs" / "listener.example.yaml"
 

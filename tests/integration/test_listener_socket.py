@@ -10,6 +10,7 @@ import subprocess
 
 import pytest
 from feedkit import oru, small_ecg
+
 from lasan.integration.config import ListenerConfig, TLSConfig, server_ssl_context
 from lasan.integration.hl7_ack import parse_ack
 from lasan.integration.listener import HL7Intake, MLLPListener

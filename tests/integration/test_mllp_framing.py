@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+
+from lasan.errors import MLLPFramingError
 from lasan.integration.mllp import (
     CARRIAGE_RETURN,
     END_BLOCK,
@@ -17,8 +19,6 @@ from lasan.integration.mllp import (
     read_block,
     read_message,
 )
-
-from lasan.errors import MLLPFramingError
 
 MSG = b"MSH|^~\\&|CART|WARD|LASAN||20240101||ORU^R01|C1|P|2.5.1\rPID|1\r"
 

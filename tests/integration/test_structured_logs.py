@@ -6,7 +6,6 @@ import json
 import logging
 
 from lasan.integration.logs import StructuredFormatter
-
 from lasan.record import PatientIdentity
 
 

@@ -8,6 +8,7 @@ import time
 
 import pytest
 from feedkit import oru, result_probabilities, small_ecg
+
 from lasan.integration.config import WatchConfig, config_from_dict
 from lasan.integration.metrics import Health, Metrics
 from lasan.integration.queue import DurableQueue

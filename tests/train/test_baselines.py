@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
+from lasan.leads import MODEL_LEADS
+from lasan.preprocessing import InputSpec, preprocess, preprocess_array
 from lasan.train.baselines import CNNTrainConfig, PlainCNN, fit_logistic, train_plain_cnn
 from lasan.train.clinical_features import FEATURE_NAMES, detect_r_peaks, feature_matrix, measure_beat
 from lasan.train.masking import predict
 from lasan.train.metrics import auroc, macro_auroc
 from lasan.train.synth import synthesize_ecg
-
-from lasan.leads import MODEL_LEADS
-from lasan.preprocessing import InputSpec, preprocess, preprocess_array
 
 FS = 500.0
 CLASSES = ("ARVC", "LQTS", "control")

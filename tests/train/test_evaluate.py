@@ -9,6 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+from lasan.checkpoint import CheckpointInfo, load_checkpoint, save_checkpoint
+from lasan.cli import main
+from lasan.formats import write_ecg
+from lasan.leads import MODEL_LEADS
+from lasan.models import EncoderSpec, HybridConfig, LASANConfig, build_model
+from lasan.preprocessing import preprocess_array
+from lasan.record import Acquisition, ECGRecord
 from lasan.train.dataset import ECGArrays
 from lasan.train.evaluate_cli import (
     CNN_NAME,
@@ -21,14 +29,6 @@ from lasan.train.evaluate_cli import (
 from lasan.train.manifest import read_manifest
 from lasan.train.report import masking_finding, paired_differences, write_report
 from lasan.train.split import split_patients
-
-from lasan.checkpoint import CheckpointInfo, load_checkpoint, save_checkpoint
-from lasan.cli import main
-from lasan.formats import write_ecg
-from lasan.leads import MODEL_LEADS
-from lasan.models import EncoderSpec, HybridConfig, LASANConfig, build_model
-from lasan.preprocessing import preprocess_array
-from lasan.record import Acquisition, ECGRecord
 
 FS = 500.0
 CLASSES = ("ARVC", "LQTS", "control")

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from lasan.train.manifest import ManifestRow, read_manifest, write_manifest
 
 from lasan.errors import ConfigError
+from lasan.train.manifest import ManifestRow, read_manifest, write_manifest
 
 
 def _touch(path: Path) -> Path:

@@ -5,6 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch import nn
+
+from lasan.leads import MODEL_LEADS
+from lasan.models import LASANConfig, build_model
+from lasan.preprocessing import InputSpec
 from lasan.train.masking import (
     LEAD_GROUPS,
     attention_importance,
@@ -16,11 +21,6 @@ from lasan.train.masking import (
     rank_correlation,
 )
 from lasan.train.metrics import auroc
-from torch import nn
-
-from lasan.leads import MODEL_LEADS
-from lasan.models import LASANConfig, build_model
-from lasan.preprocessing import InputSpec
 
 CLASSES = ("ARVC", "LQTS", "control")
 

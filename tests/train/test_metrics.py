@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 import pytest
+from scipy.stats import mannwhitneyu
+
 from lasan.train.metrics import (
     auroc,
     confusion_matrix,
@@ -20,7 +22,6 @@ from lasan.train.metrics import (
     summary_metrics,
 )
 from lasan.train.operating_points import choose_operating_points, evaluate_operating_points
-from scipy.stats import mannwhitneyu
 
 CLASSES = ("ARVC", "LQTS", "control")
 

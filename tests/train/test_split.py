@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from lasan.train.manifest import ManifestRow, read_manifest, write_manifest
-from lasan.train.split import SPLIT_NAMES, Split, check_no_leakage, patient_split, split_from_column
 
 from lasan.errors import ConfigError
+from lasan.train.manifest import ManifestRow, read_manifest, write_manifest
+from lasan.train.split import SPLIT_NAMES, Split, check_no_leakage, patient_split, split_from_column
 
 
 def _rows(counts: dict[str, int], seed: int = 0) -> list[ManifestRow]:

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from lasan.train.manifest import read_manifest
-from lasan.train.synth import SITES, generate_cohort, synthesize_ecg, synthesize_patient
-from lasan.train.synth_cli import configure, run
-from lasan.train.synth_phenotypes import sample_profile
 
 from lasan.errors import ConfigError
 from lasan.formats import read_ecg
 from lasan.formats.wfdb_io import write_wfdb
 from lasan.leads import STANDARD_LEADS
+from lasan.train.manifest import read_manifest
+from lasan.train.synth import SITES, generate_cohort, synthesize_ecg, synthesize_patient
+from lasan.train.synth_cli import configure, run
+from lasan.train.synth_phenotypes import sample_profile
 
 N_PATIENTS = 14
 
