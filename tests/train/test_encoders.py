@@ -148,3 +148,23 @@ def test_a_non_torchscript_file_is_refused(tmp_path):
     bad.write_bytes(b"hello")
     with pytest.raises(ConfigError, match="TorchScript"):
         build_foundation_encoder(EncoderSpec(kind="torchscript", path=str(bad)), InputSpec())
+
+
+def test_exportable_encoder_parts(tiny_hubert_dir, tmp_path):
+    """build/ scripts encoder parts: a TorchScript encoder scripts; HuBERT-ECG (transformers) is traced."""
+    path = tmp_path / "enc.pt"
+    torch.jit.script(_FileEncoder()).save(str(path))
+    x = torch.randn(2, 8, 2500)
+    ts = build_model(
+        HybridConfig(lasan=LASAN_TINY, encoder=EncoderSpec(kind="torchscript", path=str(path)), fusion_dim=16)
+    )
+    part = ts.eval().encoder_part()
+    with torch.no_grad():
+        torch.testing.assert_close(torch.jit.script(part)(x)[1], part(x)[1])
+    hub_spec = EncoderSpec(kind="hubert_ecg", path=str(tiny_hubert_dir))
+    hub = build_model(HybridConfig(lasan=LASAN_TINY, encoder=hub_spec, fusion_dim=16)).eval()
+    part = hub.encoder_part()
+    with torch.no_grad():
+        traced = torch.jit.trace(part, x)
+        torch.testing.assert_close(traced(x)[1], part(x)[1])
+        torch.testing.assert_close(traced(x + 1.0)[0], part(x + 1.0)[0])
