@@ -52,51 +52,86 @@ def _max_diff(a: Any, b: Any) -> float:
     return max(float((x.float() - y.float()).abs().max()) for x, y in zip(_as_tuple(a), _as_tuple(b), strict=True))
 
 
+def _torchscript_converter(module: nn.Module, example: tuple[torch.Tensor, ...]) -> tuple[Any, str]:
+    """How to turn ``module`` into TorchScript: scripting, else tracing checked at another batch size.
+
+    Scripting keeps control flow and is preferred; some foundation encoders (transformers'
+    HubertModel) only trace. A trace is accepted only if it also matches eager on a batch
+    of a different size, since the served model has a dynamic batch dimension.
+
+    Raises:
+        ModelRepositoryError: neither works.
+    """
+    try:
+        torch.jit.script(module)
+        return (lambda: torch.jit.script(module)), "scripted"
+    except Exception as script_error:  # TorchScript raises its own frontend errors
+        def trace() -> torch.jit.ScriptModule:
+            return torch.jit.trace(module, example, check_trace=False)
+
+        try:
+            traced = trace()
+            other = tuple(torch.cat([t, t[:1]]) for t in example)  # batch + 1
+            with torch.inference_mode():
+                diff = _max_diff(traced(*other), module(*other))
+        except Exception as trace_error:
+            raise ModelRepositoryError(
+                f"cannot TorchScript {type(module).__name__}: scripting failed ({script_error}); "
+                f"tracing failed ({trace_error})"
+            ) from trace_error
+        if diff > FREEZE_TOLERANCE:
+            raise ModelRepositoryError(
+                f"cannot TorchScript {type(module).__name__}: scripting failed ({script_error}) and the trace "
+                f"does not generalise to another batch size (differs from eager by {diff:.2e})"
+            ) from script_error
+        log.info("%s cannot be scripted (%s); using a trace checked at two batch sizes", type(module).__name__,
+                 str(script_error).splitlines()[0] if str(script_error) else type(script_error).__name__)
+        return trace, "traced"
+
+
 def export_torchscript(
     module: nn.Module, example: tuple[torch.Tensor, ...], path: Path, *, cpu_optimize: bool = False
 ) -> ExportResult:
-    """Script ``module`` (eval mode), freeze it if that keeps the numbers, and save it to ``path``.
+    """Script (or trace) ``module`` in eval mode, freeze it if that keeps the numbers, save it to ``path``.
 
     ``cpu_optimize`` also runs :func:`lasan.build.optimize.optimize_for_cpu` (oneDNN prepacking:
     the result runs on CPU only, so it is for the ``cpu`` profile), kept only within 1e-5 of eager.
 
     Raises:
-        ModelRepositoryError: the module cannot be scripted or the script disagrees with eager.
+        ModelRepositoryError: the module can neither be scripted nor traced, or disagrees with eager.
     """
     module = module.eval()
     with torch.inference_mode():
         reference = module(*example)
-    try:
-        scripted = torch.jit.script(module)
-    except Exception as exc:  # TorchScript raises its own frontend errors
-        raise ModelRepositoryError(f"cannot TorchScript {type(module).__name__}: {exc}") from exc
+    to_script, how = _torchscript_converter(module, example)
+    scripted = to_script()
     with torch.inference_mode():
         diff = _max_diff(scripted(*example), reference)
     if diff > FREEZE_TOLERANCE:
         raise ModelRepositoryError(f"the TorchScript {type(module).__name__} differs from eager by {diff:.2e}")
-    chosen, note = scripted, "scripted"
+    chosen, note = scripted, how
     if cpu_optimize:
         from .optimize import optimize_for_cpu
 
         try:
-            optimised = optimize_for_cpu(torch.jit.script(module), example, atol=FREEZE_TOLERANCE)
+            optimised = optimize_for_cpu(to_script(), example, atol=FREEZE_TOLERANCE)
             with torch.inference_mode():
                 opt_diff = _max_diff(optimised(*example), reference)
             if opt_diff <= FREEZE_TOLERANCE:
-                chosen, note, diff = optimised, "scripted, frozen and optimised for CPU", opt_diff
+                chosen, note, diff = optimised, f"{how}, frozen and optimised for CPU", opt_diff
         except Exception as exc:  # an optimisation only; fall back to freezing
             log.info("CPU optimisation of %s not used: %s", type(module).__name__, exc)
     if chosen is scripted:
         try:
-            frozen = torch.jit.freeze(torch.jit.script(module).eval())
+            frozen = torch.jit.freeze(to_script().eval())
             with torch.inference_mode():
                 frozen_diff = _max_diff(frozen(*example), reference)
             if frozen_diff <= FREEZE_TOLERANCE:
-                chosen, note, diff = frozen, "scripted and frozen", frozen_diff
+                chosen, note, diff = frozen, f"{how} and frozen", frozen_diff
             else:
-                note = f"scripted (freezing changed outputs by {frozen_diff:.2e}, so it was not used)"
+                note = f"{how} (freezing changed outputs by {frozen_diff:.2e}, so it was not used)"
         except Exception as exc:  # freezing is an optimisation; the plain script is still valid
-            note = f"scripted (freezing failed: {type(exc).__name__})"
+            note = f"{how} (freezing failed: {type(exc).__name__})"
     path.parent.mkdir(parents=True, exist_ok=True)
     chosen.save(str(path))
     return ExportResult("torchscript", path, note, diff)

@@ -92,21 +92,11 @@ def _manifest_path(cfg: TrainConfig) -> tuple[Path, bool]:
 
 
 def _looks_synthetic(manifest: Path) -> bool:
-    # A `lasan synth` manifest: SYN patient ids and the generator's ground-truth columns
-    # (phenotype, expression), or an explicit synthetic column; a hospital's has neither.
+    # `lasan synth` writes a `synthetic` column; a hospital's manifest has none (or says false).
     from .manifest import read_manifest
 
     rows = list(read_manifest(manifest))
-
-    def marked(r: Any) -> bool:
-        flag = str(r.get("synthetic", "") or "").lower()
-        if flag:
-            return flag in ("1", "true", "yes")
-        return (
-            str(r.patient_id).startswith("SYN") and r.get("phenotype") is not None and r.get("expression") is not None
-        )
-
-    return bool(rows) and all(marked(r) for r in rows)
+    return bool(rows) and all(str(r.get("synthetic", "") or "").lower() in ("1", "true", "yes") for r in rows)
 
 
 def _split(rows: list[Any], seed: int) -> dict[str, list[Any]]:

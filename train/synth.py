@@ -260,6 +260,7 @@ def _truth_columns(record: ECGRecord, truth: dict[str, Any]) -> dict[str, str]:
     p: PatientProfile = truth["profile"]
     v: Visit = truth["visit"]
     return {
+        "synthetic": "true",  # lasan train marks checkpoints trained on these as synthetic-data models
         "fs": f"{record.fs:g}",
         "duration_s": f"{record.duration_s:g}",
         "genotype": p.genotype,

@@ -151,7 +151,7 @@ def test_a_non_torchscript_file_is_refused(tmp_path):
 
 
 def test_exportable_encoder_parts(tiny_hubert_dir, tmp_path):
-    """build/ scripts encoder parts: a TorchScript encoder scripts; HuBERT-ECG (transformers) is traced."""
+    """build/ exports encoder parts: a TorchScript encoder scripts; HuBERT-ECG (transformers) is traced."""
     path = tmp_path / "enc.pt"
     torch.jit.script(_FileEncoder()).save(str(path))
     x = torch.randn(2, 8, 2500)
@@ -161,10 +161,15 @@ def test_exportable_encoder_parts(tiny_hubert_dir, tmp_path):
     part = ts.eval().encoder_part()
     with torch.no_grad():
         torch.testing.assert_close(torch.jit.script(part)(x)[1], part(x)[1])
+    from lasan.build.export import export_torchscript
+
     hub_spec = EncoderSpec(kind="hubert_ecg", path=str(tiny_hubert_dir))
     hub = build_model(HybridConfig(lasan=LASAN_TINY, encoder=hub_spec, fusion_dim=16)).eval()
     part = hub.encoder_part()
+    result = export_torchscript(part, (x,), tmp_path / "hub" / "model.pt")  # what `lasan build` runs
+    assert result.note.startswith("traced")
+    exported = torch.jit.load(str(result.path))
+    x3 = torch.randn(3, 8, 2500)  # another batch size than the trace's
     with torch.no_grad():
-        traced = torch.jit.trace(part, x)
-        torch.testing.assert_close(traced(x)[1], part(x)[1])
-        torch.testing.assert_close(traced(x + 1.0)[0], part(x + 1.0)[0])
+        for got, want in zip(exported(x3), part(x3), strict=True):
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)

@@ -4,9 +4,9 @@ import math
 
 import pytest
 import torch
-from lasan.train.losses import FocalLoss
 
 from lasan.errors import ConfigError
+from lasan.train.losses import FocalLoss
 
 
 def test_focal_loss_matches_hand_computed_value():

@@ -6,14 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from lasan.train.dataset import Augment, ECGArrays
-from lasan.train.pretrain import pretrain_encoder, segment_mask
-from lasan.train.train_config import PretrainConfig, TrainConfig, TrainingConfig
-from lasan.train.trainer import foundation_frozen, train_model
 
 from lasan.errors import CheckpointError, ConfigError
 from lasan.models import CLASSES, EncoderSpec, HybridConfig, LASANConfig, build_model
 from lasan.preprocessing import InputSpec
+from lasan.train.dataset import Augment, ECGArrays
+from lasan.train.pretrain import pretrain_encoder, segment_mask
+from lasan.train.train_config import PretrainConfig, TrainConfig, TrainingConfig
+from lasan.train.trainer import foundation_frozen, train_model
 
 T = 256
 TINY = LASANConfig(
@@ -182,11 +182,10 @@ def tiny_cohort(tmp_path_factory):
 
 
 def test_dataset_preprocesses_with_the_shared_contract_and_caches(tiny_cohort, tmp_path):
-    from lasan.train.dataset import load_arrays
-    from lasan.train.manifest import read_manifest
-
     from lasan.formats import read_ecg
     from lasan.preprocessing import preprocess
+    from lasan.train.dataset import load_arrays
+    from lasan.train.manifest import read_manifest
 
     rows = list(read_manifest(tiny_cohort))[:4]
     spec = InputSpec()
