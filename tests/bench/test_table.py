@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from lasan.bench.feed import percentile
 from lasan.bench.table import Row, not_run, render_markdown
 from lasan.bench.triton import parse_perf_csv, perf_analyzer_command

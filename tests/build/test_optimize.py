@@ -6,8 +6,8 @@ import io
 
 import pytest
 import torch
-from lasan.build.optimize import DEFAULT_ATOL, optimize_for_cpu, recommended_threads
 
+from lasan.build.optimize import DEFAULT_ATOL, optimize_for_cpu, recommended_threads
 from lasan.errors import ModelRepositoryError
 from lasan.models import EncoderSpec, HybridConfig, LASANConfig, build_model
 
