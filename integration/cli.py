@@ -14,9 +14,11 @@ import asyncio
 import contextlib
 import logging
 import signal
+import threading
 from typing import Any
 
 from .config import AppConfig, load_config, server_ssl_context
+from .handoff import ParsedRecords
 from .logs import configure_logging, event
 from .metrics import Health, Metrics, MetricsServer
 from .queue import DurableQueue
@@ -43,6 +45,7 @@ class IntegrationApp:
         self.ports: dict[str, int] = {}
         self._tasks: list[asyncio.Task] = []
         self._parts: list[Any] = []
+        self._worker_thread: threading.Thread | None = None
 
     async def start(self) -> dict[str, int]:
         """Start everything; returns the bound ports by part name.
@@ -54,17 +57,16 @@ class IntegrationApp:
         from .worker import ResultWorker
 
         cfg = self.config
-        loop = asyncio.get_running_loop()
-        self.worker = ResultWorker(cfg, self.queue, self.metrics, self.health, self._scorer_factory)
-
-        def wake() -> None:  # may be called from pynetdicom's threads
-            loop.call_soon_threadsafe(self.worker.wake)
+        # The listener hands its parsed records to the worker (parse once, see handoff.py).
+        parsed = ParsedRecords()
+        self.worker = ResultWorker(cfg, self.queue, self.metrics, self.health, self._scorer_factory, parsed=parsed)
+        wake = self.worker.wake  # thread-safe: called from intake and pynetdicom threads
 
         if cfg.listener.enabled:
             from .listener import HL7Intake, MLLPListener
 
             ctx = server_ssl_context(cfg.listener.tls) if cfg.listener.tls else None
-            intake = HL7Intake(cfg.listener, self.queue, self.metrics, self.health, on_stored=wake)
+            intake = HL7Intake(cfg.listener, self.queue, self.metrics, self.health, on_stored=wake, parsed=parsed)
             self.listener = MLLPListener(cfg.listener, intake, ctx)
             self.ports["hl7"] = await self.listener.start()
             self._parts.append(self.listener)
@@ -87,7 +89,9 @@ class IntegrationApp:
             self.metrics_server = MetricsServer(self.metrics, self.health, self.queue.counts)
             self.ports["metrics"] = await self.metrics_server.start(cfg.metrics.host, cfg.metrics.port)
             self._parts.append(self.metrics_server)
-        self._tasks.append(asyncio.create_task(self.worker.run(), name="worker"))
+        # The worker gets its own thread and event loop: its gRPC calls, result building and
+        # PDF rendering then never hold up this loop, which only frames and answers ACKs.
+        self._worker_thread = self.worker.start_thread()
         event("listen.ready", logging.INFO, log, queue_depth=self.queue.depth(),
               **{f"{k}_port": v for k, v in self.ports.items()})
         return dict(self.ports)
@@ -103,6 +107,8 @@ class IntegrationApp:
             self.worker.stop()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=30)
+        if self._worker_thread is not None:
+            await asyncio.to_thread(self._worker_thread.join, 30)
         self.queue.close()
         event("listen.stopped", logging.INFO, log)
 

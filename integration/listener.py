@@ -22,6 +22,7 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -40,6 +41,7 @@ from lasan.errors import (
 from lasan.record import ECGRecord
 
 from .config import ListenerConfig
+from .handoff import ParsedRecords
 from .hl7_ack import AA, AE, AR, MessageHeader, build_ack, read_msh
 from .logs import event
 from .metrics import Health, Metrics
@@ -87,7 +89,9 @@ def error_to_ack_code(exc: BaseException) -> tuple[str, str]:
 class HL7Intake:
     """Turns one raw HL7 message into its ACK, storing accepted messages first.
 
-    Thread-safe (runs in a worker thread so a large message does not block the loop).
+    Thread-safe (runs in the listener's own intake threads so that parsing a large message
+    and the fsync never block the event loop, and never wait behind the result worker's
+    threads).
     """
 
     def __init__(
@@ -98,11 +102,14 @@ class HL7Intake:
         health: Health,
         parse: ParseFn | None = None,
         on_stored: Callable[[], None] | None = None,
+        parsed: ParsedRecords | None = None,
     ) -> None:
         """``parse`` defaults to :func:`lasan.formats.hl7.parse_oru`; ``on_stored`` is called (from a
-        worker thread) after a new message is stored, e.g. to wake the result worker."""
+        worker thread) after a new message is stored, e.g. to wake the result worker; ``parsed``
+        receives each stored message's record so the worker need not parse it again."""
         self.config, self.queue, self.metrics, self.health = config, queue, metrics, health
         self._on_stored = on_stored
+        self._parsed = parsed
         if parse is None:
             from lasan.formats.hl7 import parse_oru
 
@@ -148,6 +155,8 @@ class HL7Intake:
             outcome = self.queue.enqueue(key, raw, source="hl7", kind="hl7", ack=ack)
             if outcome.duplicate and outcome.ack:
                 return outcome.ack
+            if self._parsed is not None:
+                self._parsed.put(outcome.item_id, record)
             if self._on_stored is not None:
                 self._on_stored()
             self.metrics.acks.labels(AA).inc()
@@ -169,15 +178,26 @@ class HL7Intake:
 
 
 class MLLPListener:
-    """asyncio MLLP server bound to one :class:`HL7Intake`."""
+    """asyncio MLLP server bound to one :class:`HL7Intake`.
 
-    def __init__(self, config: ListenerConfig, intake: HL7Intake, ssl_context: ssl.SSLContext | None = None) -> None:
+    Each message's intake (parse, validate, fsync) runs on the listener's own small thread
+    pool, not asyncio's default executor: the result worker's threads (re-reading stored
+    messages, its queue writes) use that one, and an ACK must never queue behind them.
+    Messages on one connection are still answered strictly in order (MLLP is request /
+    response per connection); the pool lets several connections be served at once.
+    """
+
+    def __init__(self, config: ListenerConfig, intake: HL7Intake, ssl_context: ssl.SSLContext | None = None,
+                 *, intake_threads: int = 4) -> None:
         self.config, self.intake, self._ssl = config, intake, ssl_context
         self._server: asyncio.base_events.Server | None = None
         self._connections: set[asyncio.Task] = set()
+        self._intake_threads = intake_threads
+        self._executor: ThreadPoolExecutor | None = None
 
     async def start(self) -> int:
         """Start listening; returns the bound port (port 0 picks a free one)."""
+        self._executor = ThreadPoolExecutor(self._intake_threads, thread_name_prefix="hl7-intake")
         self._server = await asyncio.start_server(
             self._on_connection, self.config.host, self.config.port, ssl=self._ssl, limit=1 << 20
         )
@@ -192,6 +212,10 @@ class MLLPListener:
                 task.cancel()
             await asyncio.gather(*self._connections, return_exceptions=True)
             await self._server.wait_closed()
+        if self._executor is not None:
+            # An intake still running (a timed-out message) finishes its store on its own.
+            self._executor.shutdown(wait=False)
+            self._executor = None
 
     async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -262,7 +286,8 @@ class MLLPListener:
             return build_ack(header, AE, error_code="102", reason=str(exc),
                              application=self.config.application), "latin-1"
         try:
-            ack = await asyncio.wait_for(asyncio.to_thread(self.intake.handle, block, text),
+            loop = asyncio.get_running_loop()
+            ack = await asyncio.wait_for(loop.run_in_executor(self._executor, self.intake.handle, block, text),
                                          self.config.message_timeout_s)
         except asyncio.TimeoutError:
             reason = (f"the message was not processed within {self.config.message_timeout_s:g} s; resend it "

@@ -26,6 +26,7 @@ import asyncio
 import io
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from lasan.errors import ECGFormatError, HL7MessageError, LasanError, ScoringErr
 from lasan.record import ECGRecord
 
 from .config import AppConfig, client_ssl_context
+from .handoff import ParsedRecords
 from .hl7_ack import AA, parse_ack
 from .logs import event
 from .metrics import Health, Metrics
@@ -61,18 +63,23 @@ class _Loaded:
     order: OrderContext
 
 
-def load_item(item: QueueItem, default_charset: str = "utf-8") -> _Loaded:
+def load_item(item: QueueItem, default_charset: str = "utf-8", record: ECGRecord | None = None) -> _Loaded:
     """Re-read a stored message into the record to score and the order to answer.
+
+    ``record``, when given, is the record the listener parsed from these very bytes before
+    it stored them (see :mod:`.handoff`); an HL7 message is then not parsed again.
 
     Raises:
         ECGFormatError: the stored bytes no longer read as an ECG (should not happen: they
             were validated before the ACK).
     """
     if item.kind == "hl7":
-        from lasan.formats.hl7 import parse_oru
-
         text, _ = decode_hl7(item.raw, default_charset)
-        return _Loaded(parse_oru(text).record, order_from_hl7(text))
+        if record is None:
+            from lasan.formats.hl7 import parse_oru
+
+            record = parse_oru(text).record
+        return _Loaded(record, order_from_hl7(text))
     if item.kind == "dicom":
         from lasan.formats.dicom import read_dicom
 
@@ -103,7 +110,12 @@ def _write_atomic(folder: Path, name: str, text: str) -> Path:
 
 
 class ResultWorker:
-    """Drains the queue until :meth:`stop`; see the module docstring for the guarantees."""
+    """Drains the queue until :meth:`stop`; see the module docstring for the guarantees.
+
+    :meth:`wake` and :meth:`stop` may be called from any thread. :meth:`start_thread` runs
+    the worker on its own event loop in its own thread, so that scoring (gRPC calls,
+    result building, reports) never delays the listener's event loop and its ACKs.
+    """
 
     def __init__(
         self,
@@ -114,6 +126,7 @@ class ResultWorker:
         scorer_factory: ScorerFactory | None = None,
         *,
         poll_interval_s: float = 0.2,
+        parsed: ParsedRecords | None = None,
     ) -> None:
         self.config, self.queue, self.metrics, self.health = config, queue, metrics, health
         self._scorer_factory = scorer_factory or self._default_scorer
@@ -123,6 +136,9 @@ class ResultWorker:
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
         self._downstream: MLLPClient | None = None
+        self._parsed = parsed
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop run() is on, for wake()/stop()
+        self._thread: threading.Thread | None = None
 
     def _default_scorer(self) -> Any:
         from lasan.client.api import AsyncTritonScorer
@@ -132,15 +148,59 @@ class ResultWorker:
         return AsyncTritonScorer(t.url, t.model, timeout_s=t.timeout_s, retries=1, backoff_s=0.2, max_backoff_s=1.0)
 
     def wake(self) -> None:
-        """Ask the worker to look at the queue now (call from the event loop's thread)."""
-        self._wake.set()
+        """Ask the worker to look at the queue now (from any thread)."""
+        self._call(self._wake.set)
 
     def stop(self) -> None:
+        """Ask the worker to finish its current pass and return (from any thread)."""
+        self._call(self._stop_now)
+
+    def _stop_now(self) -> None:
         self._stop.set()
         self._wake.set()
 
+    def _call(self, fn: Callable[[], None]) -> None:
+        loop = self._loop
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if loop is None or loop is running or loop.is_closed():
+            fn()  # not started, already finished, or we are on its loop
+            return
+        try:
+            loop.call_soon_threadsafe(fn)
+        except RuntimeError:  # the loop closed between the check and the call: nothing left to wake
+            pass
+
+    def start_thread(self) -> threading.Thread:
+        """Run :meth:`run` on a new event loop in a new (daemon) thread; returns the thread.
+
+        Join it after :meth:`stop` to wait for the current pass to finish.
+        """
+        started = threading.Event()
+
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            started.set()
+            await self.run()
+
+        def target() -> None:
+            try:
+                asyncio.run(main())
+            except Exception as exc:  # noqa: BLE001 - run() handles item errors; log anything else
+                event("worker.crashed", logging.ERROR, log, exc_type=type(exc).__name__, exc=str(exc))
+            finally:
+                started.set()
+
+        self._thread = threading.Thread(target=target, name="lasan-result-worker", daemon=True)
+        self._thread.start()
+        started.wait()
+        return self._thread
+
     async def run(self) -> None:
         """Process due items until stopped. Never raises for an item's failure."""
+        self._loop = asyncio.get_running_loop()
         event("worker.started", logging.INFO, log, triton=self.config.triton.url, model=self.config.triton.model,
               downstream=f"{self.config.downstream.host}:{self.config.downstream.port}" if self.config.downstream else None)
         try:
@@ -197,8 +257,9 @@ class ResultWorker:
 
     async def _score(self, item: QueueItem) -> None:
         ids = {"item": item.id, "control_id": item.key.control_id, "sender": f"{item.key.sender_app}|{item.key.sender_facility}"}
+        record = self._parsed.take(item.id) if self._parsed is not None else None
         try:
-            loaded = await asyncio.to_thread(load_item, item, self.config.listener.default_charset)
+            loaded = await asyncio.to_thread(load_item, item, self.config.listener.default_charset, record)
         except ECGFormatError as exc:
             await self._fail(item, f"stored message does not read: {exc}", ids)
             return
