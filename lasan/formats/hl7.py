@@ -418,12 +418,51 @@ def _volt_factor(units: str, delims: _Delims, lead: str, number: int) -> tuple[s
     )
 
 
+_DIGIT_0, _DIGIT_9, _PLUS, _MINUS = ord("0"), ord("9"), ord("+"), ord("-")
+_INT_LIMIT = 10**17  # |sample| below this: every int64 the text can hold, far from saturation
+
+
+def _integer_samples(value: str, separator: str) -> np.ndarray | None:
+    """OBX-5 written as integers (``[+-]digits`` joined by one-character ``separator``) -> int64.
+
+    ``np.fromstring`` parses such text about 8x faster than splitting it and converting the
+    list, but it is lenient (``"1^-^2"`` reads as 1, 0, 2), so the grammar is checked first,
+    byte-wise with numpy. Returns None for anything else; the caller then uses the strict path.
+    """
+    if len(separator) != 1 or separator in "0123456789+-" or not value.isascii():
+        return None
+    b = np.frombuffer(value.encode("ascii"), dtype=np.uint8)
+    if b.size == 0:
+        return None
+    digit = (b >= _DIGIT_0) & (b <= _DIGIT_9)
+    sign = (b == _PLUS) | (b == _MINUS)
+    sep = b == ord(separator)
+    starts_number = digit | sign
+    if not (
+        (digit | sign | sep).all()
+        and starts_number[0]
+        and digit[-1]
+        and starts_number[1:][sep[:-1]].all()  # every separator is followed by a number
+        and digit[1:][sign[:-1]].all()  # every sign is followed by a digit ...
+        and sep[:-1][sign[1:]].all()  # ... and starts its number (first byte or after a separator)
+    ):
+        return None
+    out = np.fromstring(value, dtype=np.int64, sep=separator)
+    if out.size != int(sep.sum()) + 1 or not ((out < _INT_LIMIT) & (out > -_INT_LIMIT)).all():
+        return None
+    return out
+
+
 def _samples(value: str, separator: str, lead: str, number: int) -> np.ndarray:
     """OBX-5 of an NA OBX -> float64 samples.
 
-    Fast path: one ``str.split`` and one numpy conversion in C; integer samples (the
-    usual uV counts) take numpy's integer parser, several times faster than float's.
+    Fast paths, all in C: integer samples (the usual uV counts) are checked and parsed by
+    numpy in one pass each; decimals take one ``str.split`` and one numpy conversion.
     """
+    if "." not in value and "e" not in value and "E" not in value:
+        ints = _integer_samples(value, separator)
+        if ints is not None:
+            return ints.astype(np.float64)
     parts = value.split(separator)
     try:
         if "." in value or "e" in value or "E" in value:

@@ -132,6 +132,20 @@ def test_empty_na_component_is_a_missing_sample():
     assert np.isnan(rec.lead("I")[1]) and np.isfinite(rec.lead("II")).all()
 
 
+def test_integer_na_samples_fast_path_matches_the_strict_parse():
+    # Integer uV counts take a numpy fast path; it must read exactly what a per-value parse
+    # reads, and leave everything it does not accept to the strict path (NaN or an error).
+    text = _pcd_message(units="uV").replace("131400^MDC_ECG_LEAD_VX^MDC|1.1.1.1003|1^2^3^4^5^6",
+                                            "V1^Lead V1^L|1.1.1.1003|-12^+7^0^-0^40000^3")
+    rec = parse_oru(text).record
+    np.testing.assert_array_equal(rec.lead("V1") * 1000.0, [-12, 7, 0, 0, 40000, 3])
+    missing = parse_oru(text.replace("-12^+7^0", "-12^^0")).record
+    assert np.isnan(missing.lead("V1")[1])
+    for bad in ("-12^-^0", "-12^7-1^0", "-12^--7^0", "-12^7a^0"):
+        with pytest.raises(HL7WaveformError, match="not a number"):
+            parse_oru(text.replace("-12^+7^0", bad))
+
+
 def test_unescape_and_timestamps():
     assert unescape("a\\F\\b\\S\\c\\T\\d\\R\\e\\E\\f\\X41\\\\.br\\g\\H\\") == "a|b^c&d~e\\fA\ng"
     assert hl7_timestamp_to_iso("20240305101500.123-0500") == "2024-03-05T10:15:00.123-05:00"
