@@ -228,29 +228,34 @@ class ResultWorker:
         items = await asyncio.to_thread(self.queue.due, None, limit)
         if not items:
             return False
-        to_score = [i for i in items if i.state == "received"]
-        if to_score:
-            gate = asyncio.Semaphore(self.config.scoring.concurrency)
+        gate = asyncio.Semaphore(self.config.scoring.concurrency)
 
-            async def one(item: QueueItem) -> None:
-                async with gate:
-                    await self._score(item)
+        async def one(item: QueueItem) -> None:
+            async with gate:
+                await self._score(item)
 
-            await asyncio.gather(*(one(i) for i in to_score))
+        scoring = {i.id: asyncio.create_task(one(i)) for i in items if i.state == "received"}
+        try:
+            # Send in queue order, one at a time (original-mode ACK on one connection), each
+            # as soon as it and the items before it are scored: the first result of a pass
+            # does not wait for the slowest ECG of the pass.
+            for item in items:
+                if self._stop.is_set():
+                    break
+                if item.id in scoring:
+                    await scoring[item.id]
+                    item = await asyncio.to_thread(self.queue.get, item.id)
+                if item.state == "scored" and not await self._send(item):
+                    # Downstream is failing: leave the rest for later passes instead of
+                    # waiting out one connection timeout per item now.
+                    break
+        finally:
+            # Scoring already started finishes (its result is stored for the next pass).
+            await asyncio.gather(*scoring.values(), return_exceptions=True)
             if self._scorer_stale:
                 # Closed only here, with no call in flight: closing a shared channel under
                 # other tasks would fail their calls too.
                 await self._close_scorer()
-        # Send in queue order, one at a time (original-mode ACK on one connection).
-        for item in items:
-            if self._stop.is_set():
-                break
-            if item.state == "received":
-                item = await asyncio.to_thread(self.queue.get, item.id)
-            if item.state == "scored" and not await self._send(item):
-                # Downstream is failing: leave the rest for later passes instead of
-                # waiting out one connection timeout per item now.
-                break
         return True
 
     # -- stage 1: score --------------------------------------------------------------------
