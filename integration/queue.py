@@ -182,15 +182,18 @@ class DurableQueue:
 
     # -- work -------------------------------------------------------------------------------
 
-    def due(self, now: float | None = None, limit: int = 32) -> list[QueueItem]:
-        """Items waiting for work (received or scored) whose next attempt time has come, oldest first."""
+    def due(self, now: float | None = None, limit: int = 32, *, after_id: int = 0) -> list[QueueItem]:
+        """Items waiting for work (received or scored) whose next attempt time has come, oldest first.
+
+        ``after_id`` keeps only items stored after that one (IDs only grow): what arrived since.
+        """
         now = time.time() if now is None else now
 
         def fn(db: sqlite3.Connection) -> list[QueueItem]:
             rows = db.execute(
                 f"SELECT {_COLUMNS} FROM items WHERE state IN ('received', 'scored') AND next_attempt_at <= ? "
-                "ORDER BY next_attempt_at, id LIMIT ?",
-                (now, limit),
+                "AND id > ? ORDER BY next_attempt_at, id LIMIT ?",
+                (now, after_id, limit),
             ).fetchall()
             return [_item(r) for r in rows]
 

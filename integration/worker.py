@@ -50,6 +50,7 @@ __all__ = ["ResultWorker", "load_item", "backoff_delay"]
 log = logging.getLogger("lasan.integration.worker")
 
 ScorerFactory = Callable[[], Any]  # returns an object with async connect()/score(record)/close()
+_MAX_PASS_ITEMS = 256  # newly stored items join a running pass until it holds this many
 
 
 def backoff_delay(attempts: int, initial_s: float, max_s: float, factor: float = 2.0) -> float:
@@ -234,16 +235,56 @@ class ResultWorker:
             async with gate:
                 await self._score(item)
 
-        scoring = {i.id: asyncio.create_task(one(i)) for i in items if i.state == "received"}
+        scoring: dict[int, asyncio.Task] = {}
+        last_id = 0
+
+        def start(batch: list[QueueItem]) -> None:
+            nonlocal last_id
+            for i in batch:
+                last_id = max(last_id, i.id)
+                if i.state == "received":
+                    scoring[i.id] = asyncio.create_task(one(i))
+
+        async def join_new() -> None:
+            # Messages stored since the pass began join it at once instead of waiting for
+            # its end (bounded, so one pass cannot run forever under a steady feed).
+            self._wake.clear()
+            fresh = await asyncio.to_thread(self.queue.due, None, limit, after_id=last_id)
+            items.extend(fresh)
+            start(fresh)
+
+        def may_join() -> bool:
+            # Not while stopping, nor over a channel that failed (it is renewed after the pass).
+            return len(items) < _MAX_PASS_ITEMS and not self._stop.is_set() and not self._scorer_stale
+
+        async def until_done(task: asyncio.Task) -> None:
+            while not task.done():
+                if not may_join():
+                    await task
+                    return
+                if self._wake.is_set():
+                    await join_new()
+                    continue
+                waiter = asyncio.create_task(self._wake.wait())
+                try:
+                    await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waiter.cancel()
+            await task  # its exception, if any
+
+        start(items)
         try:
             # Send in queue order, one at a time (original-mode ACK on one connection), each
             # as soon as it and the items before it are scored: the first result of a pass
             # does not wait for the slowest ECG of the pass.
-            for item in items:
+            index = 0
+            while index < len(items):
+                item = items[index]
+                index += 1
                 if self._stop.is_set():
                     break
                 if item.id in scoring:
-                    await scoring[item.id]
+                    await until_done(scoring[item.id])
                     item = await asyncio.to_thread(self.queue.get, item.id)
                 if item.state == "scored" and not await self._send(item):
                     # Downstream is failing: leave the rest for later passes instead of

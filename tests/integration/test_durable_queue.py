@@ -109,3 +109,12 @@ def test_storage_failure_raises_queue_storage_error(tmp_path):
         other.rollback()
         other.close()
     assert os.path.exists(tmp_path / "q.sqlite")
+
+
+def test_due_after_id_lists_only_what_arrived_since(tmp_path):
+    q = DurableQueue(tmp_path / "q.sqlite")
+    first = q.enqueue(IdempotencyKey("CART", "WARD", "A1"), b"a", source="hl7", kind="hl7").item_id
+    second = q.enqueue(IdempotencyKey("CART", "WARD", "A2"), b"b", source="hl7", kind="hl7").item_id
+    assert [i.id for i in q.due()] == [first, second]
+    assert [i.id for i in q.due(after_id=first)] == [second]
+    assert q.due(after_id=second) == []
