@@ -9,7 +9,7 @@ LASAN  := $(VENV)/bin/lasan
 STAMP  := $(VENV)/.installed
 WORK   ?= work
 REPO   ?= $(WORK)/model_repository
-APT_PACKAGES := libb64-0d dcmtk
+APT_PACKAGES := libb64-0d dcmtk openssl
 
 .PHONY: install test test-fast demo serve bench lint clean
 
