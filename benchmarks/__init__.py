@@ -54,65 +54,52 @@ def run_benchmarks(
     best_ts: float | None = None
     best_batch: int | None = None
 
-    if "model" in skip:
-        rows.append(not_run("model", "all model rows", "skipped with --skip model"))
-    else:
+    def section(name: str, label: str, measure) -> None:
+        """Run one section; a skipped or failed section is a row that says so, not a lost run."""
+        if name in skip:
+            rows.append(not_run(name, f"all {label}", f"skipped with --skip {name}"))
+            return
         t0 = time.monotonic()
         try:
-            from .model import run_model_benchmark
-
-            result = run_model_benchmark(quick=quick, threads=n_threads)
-            rows += result.rows
-            best_ts, best_batch = result.best_torchscript_ecg_per_s, result.best_batch
-            details["model"] = result.details
-        except Exception as exc:  # a section's failure is a row, not a lost run
-            rows.append(_section_failed("model", "model rows", exc))
-        details["timings_s"]["model"] = time.monotonic() - t0
-
-    if "triton" in skip:
-        rows.append(not_run("triton", "all Triton rows", "skipped with --skip triton"))
-    else:
-        t0 = time.monotonic()
-        try:
-            from .triton import run_triton_benchmark
-
-            result_t = run_triton_benchmark(
-                work / "bench", quick=quick, checkpoint=checkpoint, in_process_best=best_ts, in_process_batch=best_batch
-            )
-            rows += result_t.rows
-            details["triton"] = result_t.details
+            new_rows, details[name] = measure()
+            rows.extend(new_rows)
         except Exception as exc:
-            rows.append(_section_failed("triton", "Triton rows", exc))
-        details["timings_s"]["triton"] = time.monotonic() - t0
+            rows.append(_section_failed(name, label, exc))
+        details["timings_s"][name] = time.monotonic() - t0
 
-    if "ingest" in skip:
-        rows.append(not_run("ingest", "all ingest rows", "skipped with --skip ingest"))
-    else:
-        t0 = time.monotonic()
-        try:
-            from .ingest import run_ingest_benchmark
-            from .ingest_rows import ingest_rows
+    def model() -> tuple[list[Row], Any]:
+        nonlocal best_ts, best_batch
+        from .model import run_model_benchmark
 
-            raw = run_ingest_benchmark(repeats=5 if quick else 20)
-            details["ingest"] = raw
-            rows += ingest_rows(raw, repeats=5 if quick else 20)
-        except Exception as exc:
-            rows.append(_section_failed("ingest", "ingest rows", exc))
-        details["timings_s"]["ingest"] = time.monotonic() - t0
+        result = run_model_benchmark(quick=quick, threads=n_threads)
+        best_ts, best_batch = result.best_torchscript_ecg_per_s, result.best_batch
+        return result.rows, result.details
 
-    if "feed" in skip:
-        rows.append(not_run("feed", "all feed rows", "skipped with --skip feed"))
-    else:
-        t0 = time.monotonic()
-        try:
-            from .feed import run_feed_benchmark
+    def triton() -> tuple[list[Row], Any]:
+        from .triton import run_triton_benchmark
 
-            result_f = run_feed_benchmark(work / "bench", quick=quick, checkpoint=checkpoint)
-            rows += result_f.rows
-            details["feed"] = result_f.details
-        except Exception as exc:
-            rows.append(_section_failed("feed", "feed rows", exc))
-        details["timings_s"]["feed"] = time.monotonic() - t0
+        result = run_triton_benchmark(
+            work / "bench", quick=quick, checkpoint=checkpoint, in_process_best=best_ts, in_process_batch=best_batch
+        )
+        return result.rows, result.details
+
+    def ingest() -> tuple[list[Row], Any]:
+        from .ingest import run_ingest_benchmark
+        from .ingest_rows import ingest_rows
+
+        raw = run_ingest_benchmark(repeats=5 if quick else 20)
+        return ingest_rows(raw, repeats=5 if quick else 20), raw
+
+    def feed() -> tuple[list[Row], Any]:
+        from .feed import run_feed_benchmark
+
+        result = run_feed_benchmark(work / "bench", quick=quick, checkpoint=checkpoint)
+        return result.rows, result.details
+
+    section("model", "model rows", model)
+    section("triton", "Triton rows", triton)
+    section("ingest", "ingest rows", ingest)
+    section("feed", "feed rows", feed)
 
     details["machine"] = machine_info()
     return rows, details

@@ -16,10 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["run_ingest_benchmark", "format_rows", "main"]
+__all__ = ["median_seconds", "run_ingest_benchmark", "format_rows", "main"]
 
 
-def _median_seconds(fn: Callable[[], object], repeats: int, *, warm_up: bool = True) -> tuple[float, float]:
+def median_seconds(fn: Callable[[], object], repeats: int, *, warm_up: bool = True) -> tuple[float, float]:
     """Median wall-clock and CPU seconds of ``fn``: on a shared machine CPU time is steadier."""
     if warm_up:
         fn()  # imports, caches
@@ -60,14 +60,14 @@ def run_ingest_benchmark(*, repeats: int = 20, baseline_repeats: int = 1) -> lis
         # hl7apy loads its grammar on first use: warm it up on a message without waveforms,
         # so that the baseline times parsing only (and the multi-second parse runs once).
         parse_message(na_text.split("\rOBX", 1)[0] + "\r")
-        baseline = _median_seconds(lambda: parse_message(na_text), baseline_repeats, warm_up=False)
+        baseline = median_seconds(lambda: parse_message(na_text), baseline_repeats, warm_up=False)
         rows = [
             ("hl7apy parse_message (HL7 NA, baseline)", baseline, len(na)),
-            ("lasan parse_oru (HL7 NA)", _median_seconds(lambda: parse_oru(na), repeats), len(na)),
-            ("lasan parse_oru (HL7 ED, base64 DICOM)", _median_seconds(lambda: parse_oru(ed), repeats), len(ed)),
-            ("lasan read_dicom (DICOM file)", _median_seconds(lambda: read_dicom(dicom_path), repeats), dicom_size),
-            ("lasan read_wfdb (WFDB record)", _median_seconds(lambda: read_wfdb(wfdb_path), repeats), wfdb_size),
-            ("lasan read_ecg (HL7 NA, with detection)", _median_seconds(lambda: read_ecg(na), repeats), len(na)),
+            ("lasan parse_oru (HL7 NA)", median_seconds(lambda: parse_oru(na), repeats), len(na)),
+            ("lasan parse_oru (HL7 ED, base64 DICOM)", median_seconds(lambda: parse_oru(ed), repeats), len(ed)),
+            ("lasan read_dicom (DICOM file)", median_seconds(lambda: read_dicom(dicom_path), repeats), dicom_size),
+            ("lasan read_wfdb (WFDB record)", median_seconds(lambda: read_wfdb(wfdb_path), repeats), wfdb_size),
+            ("lasan read_ecg (HL7 NA, with detection)", median_seconds(lambda: read_ecg(na), repeats), len(na)),
         ]
     return [
         {"name": name, "seconds": wall, "cpu_seconds": cpu, "bytes": size, "ratio": baseline[0] / wall}

@@ -9,10 +9,9 @@ message measured in the same run.
 
 from __future__ import annotations
 
-import statistics
-import time
 from typing import Any
 
+from .ingest import median_seconds
 from .table import Row, not_run
 
 __all__ = ["ingest_rows", "MODEL_INPUT_TARGET_MS", "SPEEDUP_TARGET"]
@@ -32,17 +31,7 @@ def _model_input_seconds(repeats: int) -> tuple[float, float]:
 
     message = build_oru(sample_ecg(fs=500.0, duration_s=10.0), style="na", control_id="BENCH-NA")
 
-    def once() -> None:
-        preprocess(parse_oru(message).record)
-
-    once()
-    wall, cpu = [], []
-    for _ in range(repeats):
-        start, start_cpu = time.perf_counter(), time.process_time()
-        once()
-        wall.append(time.perf_counter() - start)
-        cpu.append(time.process_time() - start_cpu)
-    return statistics.median(wall), statistics.median(cpu)
+    return median_seconds(lambda: preprocess(parse_oru(message).record), repeats)
 
 
 def ingest_rows(raw: list[dict[str, Any]], repeats: int = 20) -> list[Row]:
