@@ -27,8 +27,8 @@ from typing import Any
 
 import yaml
 
-from ..errors import ServerError
-from .table import Row
+from lasan.bench.table import Row
+from lasan.errors import ServerError
 
 __all__ = ["FeedBenchResult", "RateResult", "run_feed_benchmark", "percentile", "ACK_P99_TARGET_MS", "E2E_P99_TARGET_MS"]
 
@@ -137,8 +137,8 @@ class _Sink:
 
 def _messages(n_records: int) -> list[bytes]:
     """ORU^R01 NA messages (12 leads, 10 s, 500 Hz) with a placeholder MSH-10."""
-    from ..formats.hl7_write import build_oru
-    from ..formats.sample import sample_ecg
+    from lasan.formats.hl7_write import build_oru
+    from lasan.formats.sample import sample_ecg
 
     return [
         build_oru(sample_ecg(500.0, 10.0, seed=i, heart_rate_bpm=60 + 5 * i), style="na", control_id=PLACEHOLDER,
@@ -268,10 +268,10 @@ async def _run_feed(
 def _reuse_or_build(work: Path, checkpoint: str | None) -> Path:
     import json
 
-    from ..build.optimize import recommended_threads
-    from ..build.repository import build_repository
-    from ..checkpoint import file_sha256
-    from .triton import benchmark_checkpoint
+    from lasan.bench.triton import benchmark_checkpoint
+    from lasan.build.optimize import recommended_threads
+    from lasan.build.repository import build_repository
+    from lasan.checkpoint import file_sha256
 
     repo = work / "model_repository"
     ckpt = benchmark_checkpoint(work, checkpoint)
@@ -292,7 +292,7 @@ def run_feed_benchmark(
     Raises:
         ServerError: Triton or the listener did not start.
     """
-    from ..build.serve import TritonServer, free_port
+    from lasan.build.serve import TritonServer, free_port
 
     duration_s = 5.0 if quick else 20.0
     drain_s = 30.0 if quick else 90.0

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .ingest import median_seconds
-from .table import Row, not_run
+from lasan.bench.ingest import median_seconds
+from lasan.bench.table import Row, not_run
 
 __all__ = ["ingest_rows", "MODEL_INPUT_TARGET_MS", "SPEEDUP_TARGET"]
 
@@ -24,10 +24,10 @@ BASELINE_KEY = "baseline"
 
 def _model_input_seconds(repeats: int) -> tuple[float, float]:
     """Median wall and CPU seconds (CPU time shows what neighbours on a shared machine add)."""
-    from ..formats.hl7 import parse_oru
-    from ..formats.hl7_write import build_oru
-    from ..formats.sample import sample_ecg
-    from ..preprocessing import preprocess
+    from lasan.formats.hl7 import parse_oru
+    from lasan.formats.hl7_write import build_oru
+    from lasan.formats.sample import sample_ecg
+    from lasan.preprocessing import preprocess
 
     message = build_oru(sample_ecg(fs=500.0, duration_s=10.0), style="na", control_id="BENCH-NA")
 

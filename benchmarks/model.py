@@ -22,9 +22,9 @@ import torch
 import torch.utils.mkldnn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..build.optimize import optimize_for_cpu
-from ..models import HybridConfig, LASANConfig, build_model
-from .table import Row
+from lasan.bench.table import Row
+from lasan.build.optimize import optimize_for_cpu
+from lasan.models import HybridConfig, LASANConfig, build_model
 
 __all__ = [
     "ModelBenchResult",

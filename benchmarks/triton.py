@@ -22,8 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ServerError
-from ..serving import (
+from lasan.bench.table import Row, not_run
+from lasan.errors import ServerError
+from lasan.tensor_names import (
     ENCODER_MODEL,
     ENSEMBLE_MODEL,
     FUSION_MODEL,
@@ -32,7 +33,6 @@ from ..serving import (
     OUTPUTS_MODEL,
     PREPROCESS_MODEL,
 )
-from .table import Row, not_run
 
 __all__ = [
     "TritonBenchResult",
@@ -81,7 +81,7 @@ def real_ecg() -> tuple[np.ndarray, float, str]:
     """A real 12-lead ECG in mV (canonical lead order), its rate, and where it came from."""
     import pydicom.data
 
-    from ..formats.dicom import read_dicom
+    from lasan.formats.dicom import read_dicom
 
     path = pydicom.data.get_testdata_file("waveform_ecg.dcm")
     record = read_dicom(path)
@@ -94,8 +94,8 @@ def benchmark_checkpoint(work: Path, checkpoint: str | None) -> Path:
         return Path(checkpoint)
     import torch
 
-    from ..checkpoint import CheckpointInfo, save_checkpoint
-    from ..models import LASANConfig, build_model
+    from lasan.checkpoint import CheckpointInfo, save_checkpoint
+    from lasan.models import LASANConfig, build_model
 
     path = work / "paper-architecture-random.pt"
     if not path.is_file():
@@ -268,8 +268,8 @@ def _latency_row(label: str, r: PerfResult) -> Row:
 
 def _in_process_model(checkpoint: Path):
     """The checkpoint's model as in-process CPU-optimised TorchScript, and its input shape."""
-    from ..checkpoint import load_checkpoint
-    from .model import optimised_torchscript
+    from lasan.bench.model import optimised_torchscript
+    from lasan.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
     spec = ckpt.config.input
@@ -290,9 +290,9 @@ def run_triton_benchmark(
     Raises:
         ServerError: Triton did not start or perf_analyzer could not run.
     """
-    from ..build.optimize import recommended_threads
-    from ..build.repository import build_repository
-    from ..build.serve import TritonServer, free_port
+    from lasan.build.optimize import recommended_threads
+    from lasan.build.repository import build_repository
+    from lasan.build.serve import TritonServer, free_port
 
     work.mkdir(parents=True, exist_ok=True)
     out = work / "triton"
@@ -323,7 +323,7 @@ def run_triton_benchmark(
         )
         # The baseline is measured right before the concurrency-8 run (Triton idle meanwhile),
         # so that both sides of the ratio see the same neighbours on a shared machine.
-        from .model import _throughput
+        from lasan.bench.model import _throughput
 
         scripted, n_leads, n_samples = _in_process_model(ckpt_path)
         baseline_batch = in_process_batch or 8

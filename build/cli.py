@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .spec import PROFILES
+from lasan.build.spec import PROFILES
 
 __all__ = ["configure", "run"]
 
@@ -41,7 +41,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .repository import write_repository
+    from lasan.build.repository import write_repository
 
     report = write_repository(
         args.checkpoint,

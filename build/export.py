@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ModelRepositoryError
+from lasan.errors import ModelRepositoryError
 
 __all__ = [
     "ExportResult",
@@ -111,7 +111,7 @@ def export_torchscript(
         raise ModelRepositoryError(f"the TorchScript {type(module).__name__} differs from eager by {diff:.2e}")
     chosen, note = scripted, how
     if cpu_optimize:
-        from .optimize import optimize_for_cpu
+        from lasan.build.optimize import optimize_for_cpu
 
         try:
             optimised = optimize_for_cpu(to_script(), example, atol=FREEZE_TOLERANCE)

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..errors import ModelRepositoryError
+from lasan.errors import ModelRepositoryError
 
 __all__ = ["DEFAULT_ATOL", "optimize_for_cpu", "recommended_threads", "apply_thread_settings", "max_abs_difference"]
 

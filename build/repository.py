@@ -27,14 +27,28 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import __version__
-from .. import errors as lasan_core
-from ..checkpoint import LoadedCheckpoint, load_checkpoint
-from ..errors import ConfigError, ModelRepositoryError
-from ..preprocessing import KERNEL_MODULES
-from ..serving import ENCODER_MODEL, ENSEMBLE_MODEL, FUSION_MODEL, INPUT_SAMPLING_RATE, OUTPUTS_MODEL, PREPROCESS_MODEL
-from .export import ExportResult, cuda_available, export_onnx, export_tensorrt, export_torchscript
-from .spec import BuildOptions, ModelShape, ModelSpec, check_repository_spec, metadata_parameters, repository_spec
+from lasan import __version__
+from lasan import errors as lasan_core
+from lasan.build.export import ExportResult, cuda_available, export_onnx, export_tensorrt, export_torchscript
+from lasan.build.spec import (
+    BuildOptions,
+    ModelShape,
+    ModelSpec,
+    check_repository_spec,
+    metadata_parameters,
+    repository_spec,
+)
+from lasan.checkpoint import LoadedCheckpoint, load_checkpoint
+from lasan.errors import ConfigError, ModelRepositoryError
+from lasan.preprocessing import KERNEL_MODULES
+from lasan.tensor_names import (
+    ENCODER_MODEL,
+    ENSEMBLE_MODEL,
+    FUSION_MODEL,
+    INPUT_SAMPLING_RATE,
+    OUTPUTS_MODEL,
+    PREPROCESS_MODEL,
+)
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
@@ -294,7 +308,7 @@ def _write_staging(
 def _export_parts(
     ckpt: LoadedCheckpoint, shape: ModelShape, root: Path, options: BuildOptions, onnx: bool
 ) -> tuple[list[ExportResult], dict[str, tuple[tuple[str, ...], tuple[str, ...]]], dict[str, Any]]:
-    from .spec import ATTENTION, FOUNDATION_FEATURES, LEAD_FEATURES, LEAD_WEIGHTS, LOGITS, MODEL_INPUT
+    from lasan.build.spec import ATTENTION, FOUNDATION_FEATURES, LEAD_FEATURES, LEAD_WEIGHTS, LOGITS, MODEL_INPUT
 
     model = ckpt.model.eval()
     gen = torch.Generator().manual_seed(0)

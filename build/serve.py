@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from ..errors import ServerError
-from ..serving import ENSEMBLE_MODEL
+from lasan.errors import ServerError
+from lasan.tensor_names import ENSEMBLE_MODEL
 
 __all__ = ["TritonServer", "TritonInstallation", "find_triton", "free_port", "check_port", "configure", "run"]
 

@@ -19,8 +19,8 @@ from typing import Any
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
-from ..errors import ModelRepositoryError
-from ..serving import (
+from lasan.errors import ModelRepositoryError
+from lasan.tensor_names import (
     ENCODER_MODEL,
     ENSEMBLE_MODEL,
     FUSION_MODEL,
@@ -56,7 +56,7 @@ __all__ = [
     "check_repository_spec",
 ]
 
-# Intermediate tensors between the ensemble steps (the served inputs/outputs are in lasan.serving).
+# Intermediate tensors between the ensemble steps (the served inputs/outputs are in lasan.tensor_names).
 MODEL_INPUT = "model_input"  # FP32 [leads, samples]: preprocess_array output
 LEAD_FEATURES = "lead_features"  # FP32 [leads, d_model]: per-lead CNN features
 FOUNDATION_FEATURES = "foundation_features"  # FP32 [F]: hybrid only, foundation encoder features
@@ -133,7 +133,7 @@ class BuildOptions:
     torch_threads: int = 1  # per python-backend instance: several instances share few cores
 
     def __post_init__(self) -> None:
-        from ..errors import ConfigError
+        from lasan.errors import ConfigError
 
         if self.profile not in PROFILES:
             raise ConfigError(f"profile must be one of {', '.join(PROFILES)}, got {self.profile!r}")

@@ -8,7 +8,7 @@ only when needed.
 
 from __future__ import annotations
 
-from .api import DEFAULT_URL, AsyncTritonScorer, RetryPolicy, TritonScorer, is_transient
-from .score import ModelInfo, Score
+from lasan.client.api import DEFAULT_URL, AsyncTritonScorer, RetryPolicy, TritonScorer, is_transient
+from lasan.client.score import ModelInfo, Score
 
 __all__ = ["DEFAULT_URL", "AsyncTritonScorer", "RetryPolicy", "TritonScorer", "is_transient", "ModelInfo", "Score"]

@@ -30,17 +30,17 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
-from ..errors import LasanError, ScoringError, TritonUnavailableError
-from ..record import ECGRecord
-from ..serving import (
+from lasan.client.request import WireECG, decode_outputs, model_info_from, wire_ecg
+from lasan.client.score import ModelInfo, Score
+from lasan.errors import LasanError, ScoringError, TritonUnavailableError
+from lasan.record import ECGRecord
+from lasan.tensor_names import (
     ENSEMBLE_MODEL,
     ENSEMBLE_OUTPUTS,
     INPUT_ECG,
     INPUT_SAMPLING_RATE,
     OUTPUT_ATTENTION,
 )
-from .request import WireECG, decode_outputs, model_info_from, wire_ecg
-from .score import ModelInfo, Score
 
 __all__ = [
     "DEFAULT_URL",
@@ -183,7 +183,7 @@ class TritonScorer(_Common):
 
     Args:
         url: Triton gRPC ``host:port``.
-        model: ensemble name (default :data:`lasan.serving.ENSEMBLE_MODEL`).
+        model: ensemble name (default :data:`lasan.tensor_names.ENSEMBLE_MODEL`).
         timeout_s: deadline for each gRPC call, seconds.
         retries: extra attempts after a transient failure (0 = fail at once).
         backoff_s: first retry delay; doubles each time, capped at ``max_backoff_s``.

@@ -15,11 +15,11 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from ..errors import LasanError, TritonUnavailableError
-from ..record import ECGRecord
-from ..serving import ENSEMBLE_MODEL
-from .api import DEFAULT_URL, AsyncTritonScorer
-from .score import ModelInfo, Score
+from lasan.client.api import DEFAULT_URL, AsyncTritonScorer
+from lasan.client.score import ModelInfo, Score
+from lasan.errors import LasanError, TritonUnavailableError
+from lasan.record import ECGRecord
+from lasan.tensor_names import ENSEMBLE_MODEL
 
 __all__ = ["configure", "run", "EXIT_OK", "EXIT_FILE_FAILED", "EXIT_TRITON_UNAVAILABLE"]
 
@@ -57,7 +57,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _read(path: str) -> ECGRecord:
-    from ..formats import read_ecg  # the readers import pydicom / hl7apy: only when needed
+    from lasan.formats import read_ecg  # the readers import pydicom / hl7apy: only when needed
 
     return read_ecg(Path(path))
 
@@ -141,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
     for r in failed:
         print(f"lasan score: {r.path}: {type(r.error).__name__}: {r.error}", file=sys.stderr)
     if args.report:
-        from .report import write_reports  # matplotlib only when asked
+        from lasan.client.report import write_reports  # matplotlib only when asked
 
         items = [
             (r.record, r.score, Path(r.path).name) for r in results if r.score is not None and r.record is not None

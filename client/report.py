@@ -23,11 +23,11 @@ from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from ..dsp import bandpass
-from ..errors import ConfigError
-from ..leads import MODEL_LEADS
-from ..record import ECGRecord
-from .score import Score
+from lasan.client.score import Score
+from lasan.dsp import bandpass
+from lasan.errors import ConfigError
+from lasan.leads import MODEL_LEADS
+from lasan.record import ECGRecord
 
 __all__ = ["PAGE_MM", "MM_PER_S", "MM_PER_MV", "LAYOUT", "render_report", "write_report", "write_reports"]
 

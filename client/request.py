@@ -1,7 +1,7 @@
 """The wire format, without the network: request arrays, model description, response decoding.
 
 Kept apart from :mod:`lasan.client.api` so that it is plain numpy and testable without a
-server. Tensor names come from :mod:`lasan.serving`; lead order from :mod:`lasan.leads`
+server. Tensor names come from :mod:`lasan.tensor_names`; lead order from :mod:`lasan.leads`
 and :func:`lasan.preprocessing.leads_for_rows` (Triton's preprocess model reads a bare
 8- or 12-row array with that convention).
 """
@@ -16,19 +16,19 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import MissingLeadsError
-from ..labels import disease_classes
-from ..leads import MODEL_LEADS, STANDARD_LEADS
-from ..preprocessing import leads_for_rows
-from ..record import ECGRecord
-from ..serving import (
+from lasan.client.score import ModelInfo, Score
+from lasan.errors import MissingLeadsError
+from lasan.labels import disease_classes
+from lasan.leads import MODEL_LEADS, STANDARD_LEADS
+from lasan.preprocessing import leads_for_rows
+from lasan.record import ECGRecord
+from lasan.tensor_names import (
     OUTPUT_ATTENTION,
     OUTPUT_CONFIRMATION,
     OUTPUT_LEAD_IMPORTANCE,
     OUTPUT_PROBABILITIES,
     OUTPUT_SCREENING,
 )
-from .score import ModelInfo, Score
 
 __all__ = ["WireECG", "wire_ecg", "model_info_from", "decode_outputs"]
 
@@ -132,7 +132,7 @@ def model_info_from(metadata: Mapping[str, Any], config: Mapping[str, Any]) -> M
 
     Missing parameters fall back gracefully: class names to ``class_0..`` (from the
     probabilities output's width), lead order to :data:`lasan.leads.MODEL_LEADS` (the
-    ``lead_importance`` contract in :mod:`lasan.serving`), version to Triton's.
+    ``lead_importance`` contract in :mod:`lasan.tensor_names`), version to Triton's.
     """
     cfg = config.get("config", config)
     params = {k: (v or {}).get("string_value", "") for k, v in (cfg.get("parameters") or {}).items()}

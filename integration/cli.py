@@ -17,11 +17,11 @@ import signal
 import threading
 from typing import Any
 
-from .config import AppConfig, load_config, server_ssl_context
-from .handoff import ParsedRecords
-from .logs import configure_logging, event
-from .metrics import Health, Metrics, MetricsServer
-from .queue import DurableQueue
+from lasan.integration.config import AppConfig, load_config, server_ssl_context
+from lasan.integration.handoff import ParsedRecords
+from lasan.integration.logs import configure_logging, event
+from lasan.integration.metrics import Health, Metrics, MetricsServer
+from lasan.integration.queue import DurableQueue
 
 __all__ = ["IntegrationApp", "configure", "run", "serve"]
 
@@ -54,7 +54,7 @@ class IntegrationApp:
             ConfigError: TLS material cannot be loaded.
             OSError: a port is in use.
         """
-        from .worker import ResultWorker
+        from lasan.integration.worker import ResultWorker
 
         cfg = self.config
         # The listener hands its parsed records to the worker (parse once, see handoff.py).
@@ -63,7 +63,7 @@ class IntegrationApp:
         wake = self.worker.wake  # thread-safe: called from intake and pynetdicom threads
 
         if cfg.listener.enabled:
-            from .listener import HL7Intake, MLLPListener
+            from lasan.integration.listener import HL7Intake, MLLPListener
 
             ctx = server_ssl_context(cfg.listener.tls) if cfg.listener.tls else None
             intake = HL7Intake(cfg.listener, self.queue, self.metrics, self.health, on_stored=wake, parsed=parsed)
@@ -71,14 +71,14 @@ class IntegrationApp:
             self.ports["hl7"] = await self.listener.start()
             self._parts.append(self.listener)
         if cfg.dicom.enabled:
-            from .dicom_receiver import DicomReceiver
+            from lasan.integration.dicom_receiver import DicomReceiver
 
             self.dicom = DicomReceiver(cfg.dicom, self.queue, self.metrics, self.health,
                                        disk_path=cfg.storage.queue_db.parent, on_stored=wake)
             self.ports["dicom"] = await asyncio.to_thread(self.dicom.start)
             self._parts.append(self.dicom)
         if cfg.watch.enabled:
-            from .watch import WatchFolder
+            from lasan.integration.watch import WatchFolder
 
             self.watch = WatchFolder(cfg.watch, self.queue, self.metrics, self.health,
                                      default_charset=cfg.listener.default_charset, on_stored=self.worker.wake)

@@ -22,12 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from lasan.errors import BadWaveformError, ECGFormatError, MissingLeadsError, QueueStorageError, UnsupportedFormatError
-
-from .config import DicomConfig
-from .listener import validate_record
-from .logs import event
-from .metrics import Health, Metrics
-from .queue import DurableQueue, IdempotencyKey
+from lasan.integration.config import DicomConfig
+from lasan.integration.listener import validate_record
+from lasan.integration.logs import event
+from lasan.integration.metrics import Health, Metrics
+from lasan.integration.queue import DurableQueue, IdempotencyKey
 
 __all__ = ["DicomReceiver", "STATUS_SUCCESS", "STATUS_OUT_OF_RESOURCES", "STATUS_CANNOT_UNDERSTAND",
            "STATUS_DATASET_MISMATCH", "STATUS_PROCESSING_FAILURE"]

@@ -38,15 +38,14 @@ from lasan.errors import (
     QueueStorageError,
     UnsupportedFormatError,
 )
+from lasan.integration.config import ListenerConfig
+from lasan.integration.handoff import ParsedRecords
+from lasan.integration.hl7_ack import AA, AE, AR, MessageHeader, build_ack, read_msh
+from lasan.integration.logs import event
+from lasan.integration.metrics import Health, Metrics
+from lasan.integration.mllp import FrameTooLargeError, MLLPDecoder, decode_hl7, frame, read_block
+from lasan.integration.queue import DurableQueue, IdempotencyKey
 from lasan.record import ECGRecord
-
-from .config import ListenerConfig
-from .handoff import ParsedRecords
-from .hl7_ack import AA, AE, AR, MessageHeader, build_ack, read_msh
-from .logs import event
-from .metrics import Health, Metrics
-from .mllp import FrameTooLargeError, MLLPDecoder, decode_hl7, frame, read_block
-from .queue import DurableQueue, IdempotencyKey
 
 __all__ = ["HL7Intake", "MLLPListener", "validate_record", "error_to_ack_code"]
 

@@ -19,9 +19,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from lasan.client.score import Score
+from lasan.integration.hl7_ack import escape_hl7
 from lasan.record import PatientIdentity
-
-from .hl7_ack import escape_hl7
 
 __all__ = [
     "CODE_SYSTEM",

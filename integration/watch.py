@@ -20,14 +20,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lasan.errors import ECGFormatError, LasanError, QueueStorageError
-
-from .config import WatchConfig
-from .hl7_ack import read_msh
-from .listener import validate_record
-from .logs import event
-from .metrics import Health, Metrics
-from .mllp import decode_hl7
-from .queue import DurableQueue, IdempotencyKey
+from lasan.integration.config import WatchConfig
+from lasan.integration.hl7_ack import read_msh
+from lasan.integration.listener import validate_record
+from lasan.integration.logs import event
+from lasan.integration.metrics import Health, Metrics
+from lasan.integration.mllp import decode_hl7
+from lasan.integration.queue import DurableQueue, IdempotencyKey
 
 __all__ = ["WatchFolder", "PROCESSED", "REJECTED"]
 

@@ -34,16 +34,15 @@ from pathlib import Path
 from typing import Any
 
 from lasan.errors import ECGFormatError, HL7MessageError, LasanError, ScoringError, TritonUnavailableError
+from lasan.integration.config import AppConfig, client_ssl_context
+from lasan.integration.handoff import ParsedRecords
+from lasan.integration.hl7_ack import AA, parse_ack
+from lasan.integration.logs import event
+from lasan.integration.metrics import Health, Metrics
+from lasan.integration.mllp import MLLPClient, decode_hl7
+from lasan.integration.queue import DurableQueue, QueueItem
+from lasan.integration.results import OrderContext, build_result, order_from_dicom, order_from_hl7, result_control_id
 from lasan.record import ECGRecord
-
-from .config import AppConfig, client_ssl_context
-from .handoff import ParsedRecords
-from .hl7_ack import AA, parse_ack
-from .logs import event
-from .metrics import Health, Metrics
-from .mllp import MLLPClient, decode_hl7
-from .queue import DurableQueue, QueueItem
-from .results import OrderContext, build_result, order_from_dicom, order_from_hl7, result_control_id
 
 __all__ = ["ResultWorker", "load_item", "backoff_delay"]
 

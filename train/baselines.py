@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .dataset import Augment
-from .losses import FocalLoss
-from .masking import predict
-from .metrics import macro_auroc
+from lasan.train.dataset import Augment
+from lasan.train.losses import FocalLoss
+from lasan.train.masking import predict
+from lasan.train.metrics import macro_auroc
 
 __all__ = [
     "LogisticModel",

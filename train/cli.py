@@ -21,14 +21,14 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import CheckpointInfo, save_checkpoint
-from ..errors import ConfigError
-from ..models import HybridConfig, build_model
-from ..models.encoders import HUBERT_LICENSE, self_contained_spec
-from .dataset import ECGArrays, load_arrays
-from .pretrain import pretrain_encoder
-from .train_config import TrainConfig, load_train_config
-from .trainer import predict, resolve_device, seed_everything, train_model
+from lasan.checkpoint import CheckpointInfo, save_checkpoint
+from lasan.errors import ConfigError
+from lasan.models import HybridConfig, build_model
+from lasan.models.encoders import HUBERT_LICENSE, self_contained_spec
+from lasan.train.dataset import ECGArrays, load_arrays
+from lasan.train.pretrain import pretrain_encoder
+from lasan.train.train_config import TrainConfig, load_train_config
+from lasan.train.trainer import predict, resolve_device, seed_everything, train_model
 
 __all__ = ["configure", "run", "train_from_config", "CHECKPOINT_NAME", "STATE_NAME"]
 
@@ -74,7 +74,7 @@ def _manifest_path(cfg: TrainConfig) -> tuple[Path, bool]:
     if manifest.is_file():
         log.info("reusing the synthetic cohort in %s", out)
         return manifest, True
-    from ..cli import main as lasan_main  # the same command a user runs: one definition of the cohort
+    from lasan.cli import main as lasan_main  # the same command a user runs: one definition of the cohort
 
     argv = [
         "synth",
@@ -93,14 +93,14 @@ def _manifest_path(cfg: TrainConfig) -> tuple[Path, bool]:
 
 def _looks_synthetic(manifest: Path) -> bool:
     # `lasan synth` writes a `synthetic` column; a hospital's manifest has none (or says false).
-    from .manifest import read_manifest
+    from lasan.train.manifest import read_manifest
 
     rows = list(read_manifest(manifest))
     return bool(rows) and all(str(r.get("synthetic", "") or "").lower() in ("1", "true", "yes") for r in rows)
 
 
 def _split(rows: list[Any], seed: int) -> dict[str, list[Any]]:
-    from .split import split_patients  # checks that no patient is in two splits
+    from lasan.train.split import split_patients  # checks that no patient is in two splits
 
     parts = split_patients(rows, seed=seed)
     return {name: list(getattr(parts, name)) for name in ("train", "val", "test")}
@@ -142,7 +142,7 @@ def train_from_config(cfg: TrainConfig, resume: bool = False, device: str | None
         torch.set_num_threads(int(tcfg.num_threads))
     log.info("training on %s with %d CPU threads", dev, torch.get_num_threads())
 
-    from .manifest import read_manifest
+    from lasan.train.manifest import read_manifest
 
     manifest, synthetic = _manifest_path(cfg)
     rows = list(read_manifest(manifest))
@@ -179,8 +179,8 @@ def train_from_config(cfg: TrainConfig, resume: bool = False, device: str | None
     )
     model = result.model.cpu()
     val_probs = predict(model, arrays["val"])
-    from .metrics import summary_metrics
-    from .operating_points import choose_operating_points
+    from lasan.train.metrics import summary_metrics
+    from lasan.train.operating_points import choose_operating_points
 
     thresholds = choose_operating_points(val_probs, arrays["val"].y, classes)
     val_metrics = summary_metrics(arrays["val"].y, val_probs, classes)

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ConfigError, ECGFormatError
-from ..preprocessing import InputSpec, preprocess
+from lasan.errors import ConfigError, ECGFormatError
+from lasan.preprocessing import InputSpec, preprocess
 
 __all__ = ["ECGArrays", "Augment", "load_arrays", "cache_key", "file_digest", "batches"]
 
@@ -71,7 +71,7 @@ def file_digest(path: Path) -> str:
 
 
 def _preprocessed(path: Path, spec: InputSpec, cache_dir: Path | None) -> np.ndarray:
-    from ..formats import read_ecg  # the readers import pydicom/wfdb; only needed on a cache miss path
+    from lasan.formats import read_ecg  # the readers import pydicom/wfdb; only needed on a cache miss path
 
     target = cache_dir / f"{cache_key(file_digest(path), spec)}.npy" if cache_dir else None
     if target is not None and target.is_file():

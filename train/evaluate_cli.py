@@ -21,17 +21,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..checkpoint import LoadedCheckpoint, load_checkpoint
-from ..errors import ConfigError
-from ..models import LASAN
-from ..preprocessing import InputSpec
-from .baselines import CNNTrainConfig, PlainCNN, fit_logistic, train_plain_cnn
-from .clinical_features import FEATURE_NAMES, feature_matrix
-from .dataset import ECGArrays
-from .masking import attention_importance, compare_with_attention, lead_masking, masking_contrast, predict
-from .metrics import disease_classes
-from .operating_points import choose_operating_points, evaluate_operating_points
-from .report import (
+from lasan.checkpoint import LoadedCheckpoint, load_checkpoint
+from lasan.errors import ConfigError
+from lasan.models import LASAN
+from lasan.preprocessing import InputSpec
+from lasan.train.baselines import CNNTrainConfig, PlainCNN, fit_logistic, train_plain_cnn
+from lasan.train.clinical_features import FEATURE_NAMES, feature_matrix
+from lasan.train.dataset import ECGArrays
+from lasan.train.masking import attention_importance, compare_with_attention, lead_masking, masking_contrast, predict
+from lasan.train.metrics import disease_classes
+from lasan.train.operating_points import choose_operating_points, evaluate_operating_points
+from lasan.train.report import (
     REAL_DATA_CAVEAT,
     SCHEMA,
     SYNTHETIC_CAVEAT,
@@ -103,7 +103,7 @@ def _training_value(training: dict[str, Any], *keys: str, default: Any = None) -
 
 def _split_rows(rows: list[Any], seed: int) -> dict[str, list[Any]]:
     """The split ``lasan train`` made: the same function, called the same way, with the checkpoint's seed."""
-    from .split import check_no_leakage, split_patients
+    from lasan.train.split import check_no_leakage, split_patients
 
     parts = split_patients(rows, seed=seed)
     check_no_leakage(parts)
@@ -125,8 +125,8 @@ def load_evaluation_data(
         ConfigError: the manifest is invalid or the evaluated rows are empty.
         ECGFormatError: a file cannot be read.
     """
-    from .dataset import load_arrays
-    from .manifest import read_manifest
+    from lasan.train.dataset import load_arrays
+    from lasan.train.manifest import read_manifest
 
     manifest = Path(manifest)
     rows = list(read_manifest(manifest))

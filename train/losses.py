@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from lasan.errors import ConfigError
 
 __all__ = ["FocalLoss"]
 

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..leads import PRECORDIAL_LEADS
-from ..models import LASAN
-from .metrics import auroc, one_vs_rest_auroc, patient_bootstrap, rankdata
+from lasan.leads import PRECORDIAL_LEADS
+from lasan.models import LASAN
+from lasan.train.metrics import auroc, one_vs_rest_auroc, patient_bootstrap, rankdata
 
 __all__ = [
     "LEAD_GROUPS",

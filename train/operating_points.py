@@ -18,7 +18,7 @@ import logging
 
 import numpy as np
 
-from .metrics import disease_classes, sens_spec_at
+from lasan.train.metrics import disease_classes, sens_spec_at
 
 __all__ = ["SCREENING_SENSITIVITY", "CONFIRMATION_SPECIFICITY", "choose_operating_points", "evaluate_operating_points"]
 

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import ConfigError
-from ..models.encoders import BuiltinEncoder
-from .train_config import PretrainConfig
+from lasan.errors import ConfigError
+from lasan.models.encoders import BuiltinEncoder
+from lasan.train.train_config import PretrainConfig
 
 __all__ = ["MaskedReconstruction", "segment_mask", "pretrain_encoder"]
 

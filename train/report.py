@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .metrics import (
+from lasan.train.metrics import (
     confusion_matrix,
     expected_calibration_error,
     macro_auroc,

@@ -17,8 +17,7 @@ import numpy as np
 
 from lasan.errors import ConfigError
 from lasan.labels import CLASSES
-
-from .manifest import ManifestRow
+from lasan.train.manifest import ManifestRow
 
 __all__ = [
     "DEFAULT_FRACTIONS",

@@ -56,10 +56,17 @@ from lasan.formats.hl7_write import build_oru
 from lasan.formats.wfdb_io import write_wfdb
 from lasan.leads import STANDARD_LEADS
 from lasan.record import Acquisition, ECGRecord, PatientIdentity
-
-from .manifest import ManifestRow, write_manifest
-from .synth_beats import CartSettings, Rhythm, acquire, default_geometry, electrode_noise, render_leads, sample_rhythm
-from .synth_phenotypes import PatientProfile, Visit, beat_template, sample_profile, sample_visit
+from lasan.train.manifest import ManifestRow, write_manifest
+from lasan.train.synth_beats import (
+    CartSettings,
+    Rhythm,
+    acquire,
+    default_geometry,
+    electrode_noise,
+    render_leads,
+    sample_rhythm,
+)
+from lasan.train.synth_phenotypes import PatientProfile, Visit, beat_template, sample_profile, sample_visit
 
 __all__ = [
     "CLASS_MIX",

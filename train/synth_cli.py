@@ -29,8 +29,8 @@ def run(args: argparse.Namespace) -> int:
     Raises:
         ConfigError: bad --patients or --formats.
     """
-    from .manifest import read_manifest
-    from .synth import generate_cohort
+    from lasan.train.manifest import read_manifest
+    from lasan.train.synth import generate_cohort
 
     formats = tuple(f.strip().lower() for f in args.formats.split(",") if f.strip())
     if args.patients < 3:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .synth_beats import BeatTemplate, LeadGeometry, NoiseLevels, Wave
+from lasan.train.synth_beats import BeatTemplate, LeadGeometry, NoiseLevels, Wave
 
 __all__ = [
     "LQTS_GENOTYPES",

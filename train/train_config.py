@@ -23,8 +23,8 @@ from typing import Any
 
 import yaml
 
-from ..errors import ConfigError
-from ..models.config import HybridConfig, LASANConfig, model_config_from_dict
+from lasan.errors import ConfigError
+from lasan.models.config import HybridConfig, LASANConfig, model_config_from_dict
 
 __all__ = ["DataConfig", "TrainingConfig", "PretrainConfig", "TrainConfig", "load_train_config"]
 

@@ -24,11 +24,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, ConfigError
-from .dataset import Augment, ECGArrays, batches
-from .losses import FocalLoss
-from .metrics import macro_auroc
-from .train_config import TrainingConfig
+from lasan.errors import CheckpointError, ConfigError
+from lasan.train.dataset import Augment, ECGArrays, batches
+from lasan.train.losses import FocalLoss
+from lasan.train.metrics import macro_auroc
+from lasan.train.train_config import TrainingConfig
 
 __all__ = [
     "TrainResult",

@@ -20,7 +20,7 @@ from lasan.checkpoint import load_checkpoint
 from lasan.cli import main
 from lasan.errors import ConfigError, ModelRepositoryError
 from lasan.preprocessing import KERNEL_MODULES, preprocess_array
-from lasan.serving import ENCODER_MODEL, ENSEMBLE_MODEL, FUSION_MODEL, OUTPUTS_MODEL, PREPROCESS_MODEL
+from lasan.tensor_names import ENCODER_MODEL, ENSEMBLE_MODEL, FUSION_MODEL, OUTPUTS_MODEL, PREPROCESS_MODEL
 
 MODELS = (PREPROCESS_MODEL, ENCODER_MODEL, FUSION_MODEL, OUTPUTS_MODEL, ENSEMBLE_MODEL)
 CORE = Path(__file__).resolve().parents[2] / "lasan"

@@ -22,7 +22,7 @@ from lasan.build.spec import (
     validate_pbtxt,
 )
 from lasan.errors import ConfigError, ModelRepositoryError
-from lasan.serving import (
+from lasan.tensor_names import (
     ENCODER_MODEL,
     ENSEMBLE_MODEL,
     ENSEMBLE_OUTPUTS,

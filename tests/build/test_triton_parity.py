@@ -23,7 +23,7 @@ from lasan.build.serve import TritonServer, free_port
 from lasan.checkpoint import load_checkpoint
 from lasan.leads import STANDARD_LEADS
 from lasan.preprocessing import preprocess_array
-from lasan.serving import (
+from lasan.tensor_names import (
     ENSEMBLE_MODEL,
     INPUT_ECG,
     INPUT_SAMPLING_RATE,

@@ -13,7 +13,7 @@ from lasan.errors import MissingLeadsError
 from lasan.formats.sample import sample_ecg
 from lasan.leads import MODEL_LEADS, STANDARD_LEADS
 from lasan.record import PatientIdentity
-from lasan.serving import (
+from lasan.tensor_names import (
     OUTPUT_ATTENTION,
     OUTPUT_CONFIRMATION,
     OUTPUT_LEAD_IMPORTANCE,

@@ -18,7 +18,7 @@ from lasan.formats.sample import sample_ecg
 from lasan.leads import MODEL_LEADS
 from lasan.preprocessing import preprocess
 from lasan.record import ECGRecord, PatientIdentity
-from lasan.serving import ENSEMBLE_MODEL
+from lasan.tensor_names import ENSEMBLE_MODEL
 
 pytestmark = pytest.mark.slow
 
