@@ -1,10 +1,14 @@
 """The cohort manifest: one CSV row per ECG file, the only way train/ learns what data exists.
 
 Required columns: ``patient_id``, ``path``, ``label``. Optional: ``ecg_id``, ``format``,
-``site``, ``sex``, ``age``; any other column (the synthetic cohort writes genotype, QTc,
+``site``, ``sex``, ``age``, ``holdout``; any other column (the synthetic cohort writes genotype, QTc,
 TAD, ...) is kept verbatim in :attr:`ManifestRow.extra`. Column names are matched
 case-insensitively. ``path`` is relative to the manifest's folder (or absolute); a
 WFDB record may be named by its ``.hea`` file or its base path.
+
+``holdout`` = ``external`` marks the ECGs of an external-validation site: they are never
+used for training or model selection (:func:`lasan.train.split.patient_split` puts them in
+``Split.external``) and are reported separately. All ECGs of a patient must agree on it.
 
 Labels are the model's classes (:data:`lasan.models.config.CLASSES`), matched
 case-insensitively, so ``arvc`` and ``Control`` are accepted.
@@ -20,10 +24,12 @@ from pathlib import Path
 from lasan.errors import ConfigError
 from lasan.labels import CLASSES
 
-__all__ = ["ManifestRow", "REQUIRED_COLUMNS", "KNOWN_COLUMNS", "read_manifest", "write_manifest"]
+__all__ = ["ManifestRow", "REQUIRED_COLUMNS", "KNOWN_COLUMNS", "HOLDOUT_EXTERNAL", "read_manifest", "write_manifest"]
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("patient_id", "path", "label")
-KNOWN_COLUMNS: tuple[str, ...] = ("patient_id", "ecg_id", "path", "format", "label", "site", "sex", "age")
+KNOWN_COLUMNS: tuple[str, ...] = ("patient_id", "ecg_id", "path", "format", "label", "site", "sex", "age", "holdout")
+HOLDOUT_EXTERNAL = "external"
+_HOLDOUT = {"": None, "none": None, "no": None, "false": None, "external": HOLDOUT_EXTERNAL}
 _FORMATS = ("wfdb", "dicom", "hl7", "hl7-na", "hl7-ed")
 _SEX = {"m": "M", "male": "M", "f": "F", "female": "F"}
 _LABELS = {c.lower(): c for c in CLASSES}
@@ -40,6 +46,8 @@ class ManifestRow:
         ecg_id: unique id of the ECG; defaults to the manifest-relative path.
         format: "wfdb", "dicom", "hl7", "hl7-na" or "hl7-ed"; None = detect from the file.
         site, sex ("M"/"F" or as given), age (years): optional metadata.
+        holdout: ``"external"`` for an external-validation ECG (never trained or selected
+            on), else None.
         extra: every other column as ``(name, text)`` pairs, in file order.
     """
 
@@ -52,6 +60,12 @@ class ManifestRow:
     sex: str | None = None
     age: float | None = None
     extra: tuple[tuple[str, str], ...] = ()
+    holdout: str | None = None
+
+    @property
+    def external(self) -> bool:
+        """True for an ECG of the external-validation site."""
+        return self.holdout == HOLDOUT_EXTERNAL
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path))
@@ -80,7 +94,8 @@ def read_manifest(path: str | os.PathLike[str], *, check_files: bool = True) -> 
     Raises:
         ConfigError: the file is missing or empty, a required column is missing, a
             row lacks a value, a label or format is unknown, an age is not a number,
-            one patient carries two labels, two rows name the same ECG file or
+            a ``holdout`` value is not ``external`` or empty, one patient carries two labels
+            or is external in some rows only, two rows name the same ECG file or
             ``ecg_id``, or (with ``check_files``) an ECG file does not exist.
     """
     path = Path(path)
@@ -126,6 +141,10 @@ def _row(raw: dict, columns: dict[str, str], extra: list[tuple[str, str]], base:
             age = float(value("age"))
         except ValueError:
             raise ConfigError(f"{where}: age {value('age')!r} is not a number of years") from None
+    holdout_text = value("holdout").lower()
+    if holdout_text not in _HOLDOUT:
+        raise ConfigError(f"{where}: holdout {value('holdout')!r} is not understood; write 'external' for an "
+                          "external-validation ECG or leave it empty")
     ecg_path = Path(value("path"))
     ecg_path = ecg_path if ecg_path.is_absolute() else base / ecg_path
     sex = value("sex")
@@ -139,6 +158,7 @@ def _row(raw: dict, columns: dict[str, str], extra: list[tuple[str, str]], base:
         sex=_SEX.get(sex.lower(), sex) or None,
         age=age,
         extra=tuple((key, (raw.get(name) or "").strip()) for key, name in extra),
+        holdout=_HOLDOUT[holdout_text],
     )
 
 
@@ -146,6 +166,7 @@ def _check_consistency(rows: list[ManifestRow], path: Path, check_files: bool) -
     seen_paths: dict[Path, str] = {}
     seen_ids: set[str] = set()
     labels: dict[str, str] = {}
+    external: dict[str, bool] = {}
     missing: list[str] = []
     for row in rows:
         key = row.path.with_suffix("") if row.path.suffix.lower() in (".hea", ".dat") else row.path
@@ -159,6 +180,10 @@ def _check_consistency(rows: list[ManifestRow], path: Path, check_files: bool) -
         if labels.setdefault(row.patient_id, row.label) != row.label:
             raise ConfigError(f"manifest {path}: patient {row.patient_id!r} has ECGs labelled both "
                               f"{labels[row.patient_id]} and {row.label}; a patient has one diagnosis")
+        if external.setdefault(row.patient_id, row.external) != row.external:
+            raise ConfigError(f"manifest {path}: patient {row.patient_id!r} has ECGs with and without "
+                              "holdout=external; mark all of the patient's ECGs or none, or the external "
+                              "validation would share a patient with training")
         if check_files and not _existing(row.path):
             missing.append(str(row.path))
     if missing:
@@ -169,7 +194,9 @@ def _check_consistency(rows: list[ManifestRow], path: Path, check_files: bool) -
 def write_manifest(rows: list[ManifestRow] | tuple[ManifestRow, ...], path: str | os.PathLike[str]) -> Path:
     """Write ``rows`` as CSV with paths relative to the manifest's folder; returns ``path``.
 
-    Extra columns are written after the known ones, in the order first seen.
+    Extra columns are written after the known ones, in the order first seen. The
+    ``holdout`` column is written only when some row has a holdout, so manifests without
+    an external site look as they always did.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -179,13 +206,16 @@ def write_manifest(rows: list[ManifestRow] | tuple[ManifestRow, ...], path: str 
         for key, _ in row.extra:
             if key not in extra_keys:
                 extra_keys.append(key)
+    known_columns = [c for c in KNOWN_COLUMNS if c != "holdout" or any(r.holdout for r in rows)]
     with open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow([*KNOWN_COLUMNS, *extra_keys])
+        writer.writerow([*known_columns, *extra_keys])
         for row in rows:
             rel = Path(os.path.relpath(Path(row.path).resolve(), base)).as_posix()
             age = "" if row.age is None else f"{row.age:g}"
             known = [row.patient_id, row.ecg_id, rel, row.format or "", row.label, row.site or "", row.sex or "", age]
+            if "holdout" in known_columns:
+                known.append(row.holdout or "")
             extras = dict(row.extra)
             writer.writerow([*known, *(extras.get(k, "") for k in extra_keys)])
     return path

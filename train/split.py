@@ -5,6 +5,11 @@ ECGs in training would recognise the person, not the disease, and the test AUROC
 be inflated (the paper splits 70:15:15 by patient for this reason). The split is
 checked after it is made, and a manifest that brings its own ``split`` column is
 checked the same way.
+
+ECGs whose manifest row says ``holdout=external`` (an external-validation site) are
+never split: they go, whole patients at a time, to :attr:`Split.external`, which no
+training, early stopping, calibration or threshold choice may read. They are reported
+separately, as the paper's open question about other countries' equipment asks.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from lasan.train.manifest import ManifestRow
 __all__ = [
     "DEFAULT_FRACTIONS",
     "SPLIT_NAMES",
+    "ALL_SPLIT_NAMES",
+    "EXTERNAL",
     "Split",
     "patient_split",
     "split_patients",
@@ -31,11 +38,17 @@ __all__ = [
 
 DEFAULT_FRACTIONS: tuple[float, float, float] = (0.70, 0.15, 0.15)
 SPLIT_NAMES: tuple[str, str, str] = ("train", "val", "test")
+EXTERNAL = "external"
+ALL_SPLIT_NAMES: tuple[str, ...] = (*SPLIT_NAMES, EXTERNAL)
 
 
 @dataclass(frozen=True)
 class Split:
-    """ECG rows and patient ids of each split (patient ids sorted)."""
+    """ECG rows and patient ids of each split (patient ids sorted).
+
+    ``external`` holds the external-validation ECGs (manifest ``holdout=external``),
+    empty when the manifest has none; they are in none of train/val/test.
+    """
 
     train: tuple[ManifestRow, ...]
     val: tuple[ManifestRow, ...]
@@ -44,11 +57,13 @@ class Split:
     val_patients: tuple[str, ...]
     test_patients: tuple[str, ...]
     seed: int | None = None  # None when the split came from a manifest column
+    external: tuple[ManifestRow, ...] = ()
+    external_patients: tuple[str, ...] = ()
 
     def rows(self, name: str) -> tuple[ManifestRow, ...]:
-        """Rows of split ``name`` ("train", "val" or "test"). Raises ConfigError otherwise."""
-        if name not in SPLIT_NAMES:
-            raise ConfigError(f"unknown split {name!r}; use one of {', '.join(SPLIT_NAMES)}")
+        """Rows of split ``name`` ("train", "val", "test" or "external"). Raises ConfigError otherwise."""
+        if name not in ALL_SPLIT_NAMES:
+            raise ConfigError(f"unknown split {name!r}; use one of {', '.join(ALL_SPLIT_NAMES)}")
         return getattr(self, name)
 
     def patients(self, name: str) -> tuple[str, ...]:
@@ -59,7 +74,7 @@ class Split:
     def summary(self) -> dict[str, Any]:
         """Patients and ECGs per split and label, for reports and checkpoints."""
         out: dict[str, Any] = {}
-        for name in SPLIT_NAMES:
+        for name in ALL_SPLIT_NAMES:
             rows = self.rows(name)
             first = {}
             for row in rows:
@@ -116,8 +131,11 @@ def patient_split(
 ) -> Split:
     """Split ``rows`` by patient into train/val/test, stratified by label.
 
-    The result depends only on the set of (patient, label) pairs and ``seed``, not on
-    row order. A label with too few patients for every split fills train first.
+    Rows marked ``holdout=external`` are set aside in ``Split.external`` before the
+    split, so the train/val/test assignment of the other patients is the same as
+    without them. The result depends only on the set of (patient, label) pairs and
+    ``seed``, not on row order. A label with too few patients for every split fills
+    train first.
 
     Raises:
         ConfigError: fractions are not three non-negative numbers summing to 1, there are
@@ -127,7 +145,10 @@ def patient_split(
         raise ConfigError(f"split fractions must be three non-negative numbers summing to 1, got {fractions}")
     if not rows:
         raise ConfigError("cannot split an empty manifest")
-    by_label = _patients_by_label(rows)
+    internal = [row for row in rows if not row.external]
+    if not internal:
+        raise ConfigError("every ECG of the manifest is marked holdout=external; nothing is left to train on")
+    by_label = _patients_by_label(internal)
     counts = _allocate({lab: len(p) for lab, p in by_label.items()}, tuple(fractions))
     assignment: dict[str, str] = {}
     order = sorted(by_label, key=lambda lab: (CLASSES.index(lab) if lab in CLASSES else len(CLASSES), lab))
@@ -139,6 +160,9 @@ def patient_split(
             for i in perm[start : start + k]:
                 assignment[patients[i]] = name
             start += k
+    for row in rows:
+        if row.external:
+            assignment[row.patient_id] = EXTERNAL
     return _build(rows, assignment, seed)
 
 
@@ -146,7 +170,9 @@ split_patients = patient_split  # the name train/cli.py uses
 
 
 def split_from_column(rows: list[ManifestRow] | tuple[ManifestRow, ...], column: str = "split") -> Split:
-    """A split a user fixed in the manifest (column values train / val / test).
+    """A split a user fixed in the manifest (column values train / val / test / external).
+
+    A row marked ``holdout=external`` is external whatever its ``column`` says.
 
     Raises:
         ConfigError: a row lacks the column or has another value, or a patient's ECGs
@@ -156,9 +182,11 @@ def split_from_column(rows: list[ManifestRow] | tuple[ManifestRow, ...], column:
     for row in rows:
         value = (row.get(column) or "").strip().lower()
         value = {"validation": "val", "valid": "val"}.get(value, value)
-        if value not in SPLIT_NAMES:
+        if row.external:
+            value = EXTERNAL
+        if value not in ALL_SPLIT_NAMES:
             raise ConfigError(
-                f"ECG {row.ecg_id}: column {column!r} is {row.get(column)!r}; use train, val or test"
+                f"ECG {row.ecg_id}: column {column!r} is {row.get(column)!r}; use train, val, test or external"
             )
         if assignment.setdefault(row.patient_id, value) != value:
             raise ConfigError(
@@ -169,27 +197,36 @@ def split_from_column(rows: list[ManifestRow] | tuple[ManifestRow, ...], column:
 
 
 def _build(rows: list[ManifestRow] | tuple[ManifestRow, ...], assignment: dict[str, str], seed: int | None) -> Split:
-    parts: dict[str, list[ManifestRow]] = {name: [] for name in SPLIT_NAMES}
+    parts: dict[str, list[ManifestRow]] = {name: [] for name in ALL_SPLIT_NAMES}
     for row in rows:
         parts[assignment[row.patient_id]].append(row)
-    patients = {name: tuple(sorted({r.patient_id for r in parts[name]})) for name in SPLIT_NAMES}
+    patients = {name: tuple(sorted({r.patient_id for r in parts[name]})) for name in ALL_SPLIT_NAMES}
     split = Split(
         train=tuple(parts["train"]), val=tuple(parts["val"]), test=tuple(parts["test"]),
         train_patients=patients["train"], val_patients=patients["val"], test_patients=patients["test"],
-        seed=seed,
+        seed=seed, external=tuple(parts[EXTERNAL]), external_patients=patients[EXTERNAL],
     )
     check_no_leakage(split)
     return split
 
 
 def check_no_leakage(split: Split) -> None:
-    """Raise unless every patient is in exactly one split (checked on rows, not just ids).
+    """Raise unless every patient is in exactly one split (external included; checked on
+    rows, not just ids) and no external-validation ECG is in train/val/test.
 
     Raises:
-        ConfigError: a patient id appears in two splits.
+        ConfigError: a patient id appears in two splits, or a ``holdout=external`` row is
+            outside ``Split.external``.
     """
-    seen: dict[str, str] = {}
     for name in SPLIT_NAMES:
+        for row in split.rows(name):
+            if row.external:
+                raise ConfigError(
+                    f"data leakage: ECG {row.ecg_id} is marked holdout=external but is in the {name} split; "
+                    "external-validation ECGs must never be used for training or model selection"
+                )
+    seen: dict[str, str] = {}
+    for name in ALL_SPLIT_NAMES:
         for pid in {row.patient_id for row in split.rows(name)} | set(split.patients(name)):
             if seen.setdefault(pid, name) != name:
                 raise ConfigError(

@@ -69,6 +69,8 @@ p2,data/x.dcm,Control,m
         ("patient_id,path,label,format\np1,a.dcm,LQTS,pdf", "unknown format"),
         ("patient_id,path,label", "no rows"),
         ("patient_id,ecg_id,path,label\np1,e1,a.dcm,LQTS\np2,e1,b.dcm,LQTS", "ecg_id 'e1' is used by two rows"),
+        ("patient_id,path,label,holdout\np1,a.dcm,LQTS,maybe", "holdout 'maybe' is not understood"),
+        ("patient_id,path,label,holdout\np1,a.dcm,LQTS,external\np1,b.dcm,LQTS,", "with and without holdout"),
     ],
 )
 def test_bad_manifests_raise_clear_config_errors(tmp_path: Path, body: str, message: str) -> None:
@@ -86,3 +88,14 @@ def test_missing_manifest_file_says_how_to_make_one(tmp_path: Path) -> None:
 def test_check_files_can_be_skipped(tmp_path: Path) -> None:
     rows = read_manifest(_csv(tmp_path / "m.csv", "patient_id,path,label\np1,elsewhere/a.dcm,LQTS"), check_files=False)
     assert rows[0].path == tmp_path.resolve() / "elsewhere" / "a.dcm"
+
+
+def test_holdout_external_round_trips_and_is_only_written_when_used(tmp_path: Path) -> None:
+    plain = [ManifestRow("P1", _touch(tmp_path / "a.dcm"), "ARVC")]
+    assert "holdout" not in write_manifest(plain, tmp_path / "plain.csv").read_text().splitlines()[0]
+    rows = [*plain, ManifestRow("P9", _touch(tmp_path / "b.dcm"), "control", holdout="external", extra=(("x", "1"),))]
+    back = read_manifest(write_manifest(rows, tmp_path / "m.csv"))
+    assert [(r.holdout, r.external) for r in back] == [(None, False), ("external", True)]
+    assert back[1].get("x") == "1" and back[1].get("holdout") is None  # a known column, not an extra
+    loose = read_manifest(_csv(tmp_path / "u.csv", "patient_id,path,label,Holdout\np1,a.dcm,LQTS,External\np2,b.dcm,LQTS,none"))
+    assert [r.holdout for r in loose] == ["external", None]

@@ -9,7 +9,14 @@ import pytest
 
 from lasan.errors import ConfigError
 from lasan.train.manifest import ManifestRow, read_manifest, write_manifest
-from lasan.train.split import SPLIT_NAMES, Split, check_no_leakage, patient_split, split_from_column
+from lasan.train.split import (
+    ALL_SPLIT_NAMES,
+    SPLIT_NAMES,
+    Split,
+    check_no_leakage,
+    patient_split,
+    split_from_column,
+)
 
 
 def _rows(counts: dict[str, int], seed: int = 0) -> list[ManifestRow]:
@@ -107,3 +114,48 @@ def test_split_patients_is_the_same_function() -> None:
 
     rows = _rows(COUNTS)
     assert split_patients(rows, seed=2).test_patients == patient_split(rows, seed=2).test_patients
+
+
+def _with_external(rows: list[ManifestRow], n_external: int) -> list[ManifestRow]:
+    ext = _rows({"ARVC": n_external, "LQTS": n_external, "control": n_external}, seed=9)
+    return rows + [ManifestRow(f"X-{r.patient_id}", Path(f"/ext/{r.ecg_id}.dcm"), r.label, ecg_id=f"X-{r.ecg_id}",
+                               holdout="external") for r in ext]
+
+
+def test_external_patients_never_enter_train_val_or_test() -> None:
+    rows = _rows(COUNTS)
+    mixed = _with_external(rows, 12)
+    split = patient_split(mixed, seed=4)
+    external_ids = {r.patient_id for r in mixed if r.external}
+    assert set(split.external_patients) == external_ids and all(r.external for r in split.rows("external"))
+    for name in SPLIT_NAMES:
+        assert not external_ids & set(split.patients(name))
+        assert not any(r.external for r in split.rows(name))
+    assert sorted(r.ecg_id for n in ALL_SPLIT_NAMES for r in split.rows(n)) == sorted(r.ecg_id for r in mixed)
+    # Adding an external site changes nothing in the internal split.
+    plain = patient_split(rows, seed=4)
+    assert (split.train_patients, split.val_patients, split.test_patients) == (
+        plain.train_patients, plain.val_patients, plain.test_patients)
+    assert plain.external == () and split.summary()["external"]["patients"] == 36
+    with pytest.raises(ConfigError, match="nothing is left"):
+        patient_split([r for r in mixed if r.external])
+
+
+def test_leakage_check_refuses_an_external_ecg_in_training() -> None:
+    r = ManifestRow("x1", Path("/a.dcm"), "ARVC", holdout="external")
+    bad = Split(train=(r,), val=(), test=(), train_patients=("x1",), val_patients=(), test_patients=())
+    with pytest.raises(ConfigError, match="holdout=external"):
+        check_no_leakage(bad)
+
+
+def test_external_in_a_user_split_column(tmp_path: Path) -> None:
+    for name in ("a", "b", "c"):
+        (tmp_path / f"{name}.dcm").write_bytes(b"x")
+    (tmp_path / "m.csv").write_text(
+        "patient_id,path,label,split,holdout\np1,a.dcm,ARVC,train,\np2,b.dcm,LQTS,train,external\n"
+        "p3,c.dcm,control,external,\n"
+    )
+    split = split_from_column(read_manifest(tmp_path / "m.csv"))
+    assert split.train_patients == ("p1",) and split.external_patients == ("p2", "p3")
+    with pytest.raises(ConfigError, match="unknown split"):
+        split.rows("holdout")
