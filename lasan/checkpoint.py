@@ -8,7 +8,11 @@ One ``.pt`` file holds a plain dict (nanoGPT style, loadable with ``weights_only
     classes                  class names in logit order
     state_dict               model weights
     assets                   bytes the model needs beyond weights (e.g. a TorchScript encoder)
-    thresholds               {"screening": {class: p}, "confirmation": {class: p}} chosen on validation
+    thresholds               {"screening": {class: p}, "confirmation": {class: p}} chosen on validation,
+                             on calibrated probabilities
+    calibration              {"method": "temperature", "temperature": T, "fitted_on": "val", ...}
+                             (or "vector" with per-class "scale"/"bias"); absent in older
+                             checkpoints, which then serve uncalibrated (T = 1)
     metrics                  validation / test numbers
     data_summary             cohort description; ``synthetic: true`` for the synthetic cohort
     training                 the training configuration used
@@ -29,7 +33,7 @@ from torch import nn
 
 from . import __version__
 from .errors import CheckpointError, ConfigError
-from .models import build_model, model_config_from_dict
+from .models import ServedLASAN, build_model, model_config_from_dict
 from .models.config import HybridConfig, LASANConfig
 
 __all__ = ["CheckpointInfo", "LoadedCheckpoint", "save_checkpoint", "load_checkpoint", "file_sha256"]
@@ -43,6 +47,8 @@ class CheckpointInfo:
     """Everything in a checkpoint except the weights."""
 
     thresholds: dict[str, dict[str, float]] = field(default_factory=dict)
+    # {"method": "temperature", "temperature": T, "fitted_on": "val", "nll_before": .., "nll_after": ..}
+    calibration: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     data_summary: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
@@ -53,6 +59,15 @@ class CheckpointInfo:
     def synthetic(self) -> bool:
         return bool(self.data_summary.get("synthetic", False))
 
+    @property
+    def temperature(self) -> float:
+        """The calibration temperature (1.0 when the checkpoint has none, nan for vector scaling)."""
+        if not self.calibration:
+            return 1.0
+        if self.calibration.get("method") == "temperature":
+            return float(self.calibration["temperature"])
+        return float("nan")
+
 
 @dataclass(frozen=True)
 class LoadedCheckpoint:
@@ -61,6 +76,17 @@ class LoadedCheckpoint:
     info: CheckpointInfo
     sha256: str
     path: Path
+
+    def served_model(self) -> ServedLASAN:
+        """The model as served: stored calibration (T = 1 when there is none) and occlusion importance.
+
+        Raises:
+            CheckpointError: the stored calibration is not one this LASAN understands.
+        """
+        try:
+            return ServedLASAN(self.model, calibration=self.info.calibration or None)
+        except (ConfigError, KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{self.path}: unusable calibration {self.info.calibration!r}: {exc}") from exc
 
 
 def save_checkpoint(
@@ -81,6 +107,7 @@ def save_checkpoint(
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "assets": dict(assets or {}),
         "thresholds": info.thresholds,
+        "calibration": info.calibration,
         "metrics": info.metrics,
         "data_summary": info.data_summary,
         "training": info.training,
@@ -124,6 +151,7 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
     model.eval()
     info = CheckpointInfo(
         thresholds=payload.get("thresholds", {}),
+        calibration=payload.get("calibration") or {},
         metrics=payload.get("metrics", {}),
         data_summary=payload.get("data_summary", {}),
         training=payload.get("training", {}),

@@ -16,6 +16,7 @@ __all__ = [
     "INPUT_SAMPLING_RATE",
     "OUTPUT_PROBABILITIES",
     "OUTPUT_LEAD_IMPORTANCE",
+    "OUTPUT_AGGREGATOR_WEIGHTS",
     "OUTPUT_ATTENTION",
     "OUTPUT_SCREENING",
     "OUTPUT_CONFIRMATION",
@@ -35,8 +36,13 @@ INPUT_ECG = "ecg_mv"
 INPUT_SAMPLING_RATE = "sampling_rate_hz"
 
 # Ensemble outputs.
-OUTPUT_PROBABILITIES = "probabilities"  # FP32 [classes], softmax, class order in model metadata
-OUTPUT_LEAD_IMPORTANCE = "lead_importance"  # FP32 [8], sums to 1, order I II V1..V6
+OUTPUT_PROBABILITIES = "probabilities"  # FP32 [classes], calibrated softmax (temperature), class order in metadata
+# FP32 [8], sums to 1, order I II V1..V6: occlusion importance, the share of the drop in the
+# predicted class's probability when that lead is zeroed (what clients, the ORU and the PDF show).
+OUTPUT_LEAD_IMPORTANCE = "lead_importance"
+# FP32 [8], sums to 1: the paper's lead-aggregator softmax, kept for research; it is an attention
+# weight, not evidence that a lead changed the decision.
+OUTPUT_AGGREGATOR_WEIGHTS = "aggregator_weights"
 OUTPUT_ATTENTION = "inter_lead_attention"  # FP32 [layers, heads, 8, 8]
 OUTPUT_SCREENING = "screening_positive"  # BOOL [classes]: probability >= screening threshold
 OUTPUT_CONFIRMATION = "confirmation_positive"  # BOOL [classes]: probability >= confirmation threshold
@@ -44,6 +50,7 @@ OUTPUT_CONFIRMATION = "confirmation_positive"  # BOOL [classes]: probability >= 
 ENSEMBLE_OUTPUTS: tuple[str, ...] = (
     OUTPUT_PROBABILITIES,
     OUTPUT_LEAD_IMPORTANCE,
+    OUTPUT_AGGREGATOR_WEIGHTS,
     OUTPUT_ATTENTION,
     OUTPUT_SCREENING,
     OUTPUT_CONFIRMATION,

@@ -8,6 +8,7 @@ from .config import CLASSES, EncoderSpec, HybridConfig, LASANConfig, model_confi
 from .encoders import build_foundation_encoder
 from .hybrid import HybridLASAN
 from .lasan_net import LASAN
+from .served import ServedLASAN
 
 __all__ = [
     "CLASSES",
@@ -16,6 +17,7 @@ __all__ = [
     "LASANConfig",
     "LASAN",
     "HybridLASAN",
+    "ServedLASAN",
     "build_model",
     "model_config_from_dict",
 ]
