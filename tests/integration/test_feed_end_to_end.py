@@ -25,6 +25,16 @@ from lasan.integration.mllp import MLLPClient
 
 pytestmark = pytest.mark.slow
 
+# Served numbers are compared with a tolerance, never exactly: dynamic batching changes the
+# batch composition, and float32 kernels (AVX-512/AMX on a Xeon) then differ in the last
+# bits (~2e-7 observed). The digits a result carries are exactly the score object's: see
+# test_results.py, which checks that in process.
+PROB_ATOL = 1e-5
+
+
+def _close(got: dict[str, float], want: dict[str, float], atol: float = PROB_ATOL) -> bool:
+    return got.keys() == want.keys() and all(abs(got[k] - want[k]) <= atol for k in want)
+
 
 def _config(tmp_path, triton_url, downstream_port, **sections):
     data = {
@@ -106,8 +116,8 @@ def test_hl7_in_result_out_matches_direct_scoring(style, tmp_path, triton_server
     for i, score in enumerate(direct):
         (result,) = got[f"{style.upper()}-{i}"]
         probs = result_probabilities(result)
-        assert probs == {c.upper(): p for c, p in score.probabilities.items()}  # exactly, as printed
-        assert probs == {c.upper(): p for c, p in cli_scores[i].items()}
+        assert _close(probs, {c.upper(): p for c, p in score.probabilities.items()})
+        assert _close(probs, {c.upper(): p for c, p in cli_scores[i].items()})
         pdf = [seg for seg in result.split("\r") if "REPORT-PDF" in seg]
         if style == "ed":
             (seg,) = pdf
@@ -119,7 +129,7 @@ def test_hl7_in_result_out_matches_direct_scoring(style, tmp_path, triton_server
         values = obx_values(result)
         assert values["MODEL"].endswith(score.model_version)
         lead_imp = {c[len("LEADIMP-"):]: float(v) for c, v in values.items() if c.startswith("LEADIMP-")}
-        assert lead_imp == {lead.upper(): w for lead, w in score.lead_importance.items()}
+        assert _close(lead_imp, {lead.upper(): w for lead, w in score.lead_importance.items()})
         # The result goes back to the original order and patient.
         obr = [s for s in result.split("\r") if s.startswith("OBR")][0].split("|")
         assert obr[2] == f"PL-{style.upper()}-{i}" and obr[3] == f"FI-{style.upper()}-{i}"
@@ -195,6 +205,6 @@ def test_dicom_c_store_in_result_out(tmp_path, triton_server, downstream):
     assert counts["sent"] == 1 and sum(counts.values()) == 1  # the duplicate C-STORE was not queued again
     (result,) = got[uid]
     (direct,) = _direct_scores(triton_server.grpc_url, [read_dicom(raw)])
-    assert result_probabilities(result) == {c.upper(): p for c, p in direct.probabilities.items()}
+    assert _close(result_probabilities(result), {c.upper(): p for c, p in direct.probabilities.items()})
     pid = [s for s in result.split("\r") if s.startswith("PID")][0]
     assert "MRN7730419" in pid and "Quillfeather" in pid and "19431207" in pid
