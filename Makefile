@@ -11,7 +11,7 @@ WORK   ?= work
 REPO   ?= $(WORK)/model_repository
 APT_PACKAGES := libb64-0d dcmtk openssl
 
-.PHONY: install test test-fast demo serve bench lint clean
+.PHONY: install test test-fast demo serve bench experiments lint clean
 
 install: $(STAMP)
 
@@ -46,6 +46,10 @@ serve: install
 
 bench: install
 	$(LASAN) bench --work $(WORK)
+
+# The paper's experiment grid (30-50 min on 2 cores; resumes if interrupted): regenerates docs/experiments.md.
+experiments: install
+	$(LASAN) experiments --config configs/experiments.yaml --out $(WORK)/experiments --docs
 
 lint: install
 	$(VENV)/bin/ruff check lasan train build client integration benchmarks tests
