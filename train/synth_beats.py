@@ -34,6 +34,9 @@ __all__ = [
     "Wave",
     "BeatTemplate",
     "Rhythm",
+    "SINUS",
+    "PAC",
+    "PVC",
     "NoiseLevels",
     "CartSettings",
     "default_geometry",
@@ -124,14 +127,21 @@ class BeatTemplate:
     qt_ref: float  # s; the QT the repolarisation waves were placed for
 
 
+SINUS, PAC, PVC = 0, 1, 2  # beat kinds: index into the templates render_leads is given
+
+
 @dataclass(frozen=True)
 class Rhythm:
-    """Beat times and beat-to-beat QT of one ECG."""
+    """Beat times, beat-to-beat QT and beat kind of one ECG."""
 
     r_times: np.ndarray  # s, may start before 0 and end after the record
     qt: np.ndarray  # s, per beat
     resp_phase: np.ndarray  # rad, respiratory phase at each beat
     resp_hz: float
+    kinds: np.ndarray | None = None  # per beat SINUS / PAC / PVC; None = all sinus
+
+    def beat_kinds(self) -> np.ndarray:
+        return np.zeros(len(self.r_times), dtype=np.int64) if self.kinds is None else self.kinds
 
     @property
     def rr(self) -> np.ndarray:
@@ -182,7 +192,7 @@ def asym_gaussian(t: np.ndarray, centre: float, sigma_left: float, sigma_right: 
 
 
 def render_leads(
-    template: BeatTemplate,
+    template: BeatTemplate | tuple[BeatTemplate, ...],
     rhythm: Rhythm,
     geometry: LeadGeometry,
     fs: float,
@@ -191,15 +201,21 @@ def render_leads(
 ) -> np.ndarray:
     """Noise-free cardiac signal ``(8, n_samples)``: rows I, II, V1..V6 (mV).
 
-    Each Gaussian is evaluated only within 5 sigma of its centre, so cost grows with
-    the number of waves, not with waves x samples.
+    ``template`` is one template for every beat, or one per beat kind (SINUS, PAC, PVC)
+    indexed by ``rhythm.kinds``. Each Gaussian is evaluated only within 5 sigma of its
+    centre, so cost grows with the number of waves, not with waves x samples.
     """
+    templates = (template,) if isinstance(template, BeatTemplate) else tuple(template)
     dipole = np.zeros((3, n_samples))
     local = np.zeros((6, n_samples))
-    dip = np.array([w.dipole for w in template.waves])  # (W, 3)
-    loc = np.array([w.local for w in template.waves])  # (W, 6)
-    has_local = np.any(loc != 0, axis=1)
-    for r, qt, phase in zip(rhythm.r_times, rhythm.qt, rhythm.resp_phase, strict=True):
+    arrays = []
+    for tpl in templates:
+        loc = np.array([w.local for w in tpl.waves])  # (W, 6)
+        arrays.append((np.array([w.dipole for w in tpl.waves]), loc, np.any(loc != 0, axis=1)))  # (W, 3), (W, 6)
+    kinds = rhythm.beat_kinds() if len(templates) > 1 else np.zeros(len(rhythm.r_times), dtype=np.int64)
+    for r, qt, phase, kind in zip(rhythm.r_times, rhythm.qt, rhythm.resp_phase, kinds, strict=True):
+        template = templates[int(kind)]
+        dip, loc, has_local = arrays[int(kind)]
         stretch = qt / template.qt_ref
         onset = r + template.qrs_onset
         resp_gain = 1.0 + resp_qrs_depth * np.sin(phase)

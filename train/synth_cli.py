@@ -16,6 +16,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patients", type=int, default=300, help="number of patients (default: 300)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same files (default: 0)")
     parser.add_argument(
+        "--external",
+        type=int,
+        default=None,
+        help="patients of the external-validation sites, written with holdout=external and never trained on "
+        "(default: 20%% of --patients; 0 for none)",
+    )
+    parser.add_argument(
         "--formats",
         default="wfdb,dicom,hl7",
         help="comma-separated file formats to write: wfdb (required), dicom, hl7 (default: all three); "
@@ -36,13 +43,20 @@ def run(args: argparse.Namespace) -> int:
     if args.patients < 3:
         raise ConfigError(f"--patients must be at least 3 (one per class), got {args.patients}")
     start = time.perf_counter()
-    manifest = generate_cohort(args.out, n_patients=args.patients, seed=args.seed, formats=formats)
+    if args.external is not None and args.external < 0:
+        raise ConfigError(f"--external must be 0 or more, got {args.external}")
+    manifest = generate_cohort(args.out, n_patients=args.patients, seed=args.seed, formats=formats,
+                               n_external=args.external)
     rows = read_manifest(manifest)
-    patients = {r.patient_id: r.label for r in rows}
+    patients = {r.patient_id: r.label for r in rows if not r.external}
+    external = {r.patient_id: r.label for r in rows if r.external}
     labels = Counter(patients.values())
     fmts = Counter(r.format for r in rows)
     print(f"SYNTHETIC cohort: {len(patients)} patients, {len(rows)} ECGs in {time.perf_counter() - start:.1f} s")
     print("  patients per class: " + ", ".join(f"{k} {v}" for k, v in sorted(labels.items())))
+    if external:
+        print(f"  external validation (holdout=external, never trained on): {len(external)} patients, "
+              + ", ".join(f"{k} {v}" for k, v in sorted(Counter(external.values()).items())))
     print("  files per format:   " + ", ".join(f"{k} {v}" for k, v in sorted(fmts.items())))
     print(f"  manifest: {manifest}")
     return 0

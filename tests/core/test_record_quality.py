@@ -71,3 +71,35 @@ def test_implausible_amplitude_suggests_wrong_units():
     findings = check_quality(in_microvolts)
     assert any(f.code == "implausible_amplitude" for f in findings)
     assert all(set(f.to_dict()) == {"code", "severity", "lead", "message"} for f in findings)
+
+
+def _swap_arm_electrodes(rec: ECGRecord) -> ECGRecord:
+    """The record a cart makes with LA and RA swapped: I inverted, II<->III, aVR<->aVL, aVF kept."""
+    lead = {name: rec.lead(name) for name in rec.leads}
+    swapped = {**lead, "I": -lead["I"], "II": lead["III"], "III": lead["II"], "aVR": lead["aVL"], "aVL": lead["aVR"]}
+    return ECGRecord(np.stack([swapped[n] for n in rec.leads]), rec.fs, rec.leads, rec.acquisition)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_limb_lead_reversal_is_flagged_and_a_correct_record_is_not(seed):
+    rec = sample_ecg(seed=seed, heart_rate_bpm=60 + 15 * seed)
+    assert "limb_lead_reversal" not in {f.code for f in check_quality(rec)}
+    reversed_findings = [f for f in check_quality(_swap_arm_electrodes(rec)) if f.code == "limb_lead_reversal"]
+    assert len(reversed_findings) == 1
+    finding = reversed_findings[0]
+    assert finding.severity == "warning" and finding.lead == "I" and "electrodes" in finding.message
+
+
+def test_right_axis_deviation_alone_is_not_called_a_reversal():
+    # Negative QRS in lead I with an upright sinus P: right-axis deviation, not swapped arms.
+    rec = sample_ecg()
+    i = rec.lead("I").astype(np.float64)
+    t = np.arange(i.size) / rec.fs
+    r_times = t[(np.diff(i, prepend=i[0]) > 0) & (np.diff(i, append=i[-1]) <= 0) & (i > 0.5 * i.max())]
+    flipped_qrs = i.copy()
+    for r in r_times:
+        window = np.abs(t - r) < 0.06
+        flipped_qrs[window] = -i[window]
+    signal = rec.signal.copy()
+    signal[rec.leads.index("I")] = flipped_qrs
+    assert "limb_lead_reversal" not in {f.code for f in check_quality(ECGRecord(signal, rec.fs, rec.leads, rec.acquisition))}
