@@ -137,8 +137,8 @@ class _Sink:
 
 def _messages(n_records: int) -> list[bytes]:
     """ORU^R01 NA messages (12 leads, 10 s, 500 Hz) with a placeholder MSH-10."""
-    from lasan.formats.hl7_write import build_oru
     from lasan.formats.sample import sample_ecg
+    from lasan.hl7.oru import build_oru
 
     return [
         build_oru(sample_ecg(500.0, 10.0, seed=i, heart_rate_bpm=60 + 5 * i), style="na", control_id=PLACEHOLDER,

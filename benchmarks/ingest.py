@@ -43,10 +43,9 @@ def run_ingest_benchmark(*, repeats: int = 20, baseline_repeats: int = 1) -> lis
 
     from lasan.formats import read_ecg, write_ecg
     from lasan.formats.dicom import read_dicom
-    from lasan.formats.hl7 import parse_oru
-    from lasan.formats.hl7_write import build_oru
     from lasan.formats.sample import sample_ecg
     from lasan.formats.wfdb_io import read_wfdb
+    from lasan.hl7.oru import build_oru, parse_oru
 
     record = sample_ecg(fs=500.0, duration_s=10.0)
     na = build_oru(record, style="na", control_id="BENCH-NA")

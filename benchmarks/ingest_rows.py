@@ -24,9 +24,8 @@ BASELINE_KEY = "baseline"
 
 def _model_input_seconds(repeats: int) -> tuple[float, float]:
     """Median wall and CPU seconds (CPU time shows what neighbours on a shared machine add)."""
-    from lasan.formats.hl7 import parse_oru
-    from lasan.formats.hl7_write import build_oru
     from lasan.formats.sample import sample_ecg
+    from lasan.hl7.oru import build_oru, parse_oru
     from lasan.preprocessing import preprocess
 
     message = build_oru(sample_ecg(fs=500.0, duration_s=10.0), style="na", control_id="BENCH-NA")

@@ -19,9 +19,11 @@ from typing import Any
 
 from lasan.integration.config import AppConfig, load_config, server_ssl_context
 from lasan.integration.handoff import ParsedRecords
+from lasan.integration.intake import Intake
 from lasan.integration.logs import configure_logging, event
 from lasan.integration.metrics import Health, Metrics, MetricsServer
 from lasan.integration.queue import DurableQueue
+from lasan.integration.stages import ScorerFactory
 
 __all__ = ["IntegrationApp", "configure", "run", "serve"]
 
@@ -36,7 +38,7 @@ class IntegrationApp:
             from ``config.triton``).
     """
 
-    def __init__(self, config: AppConfig, *, scorer_factory: Any = None) -> None:
+    def __init__(self, config: AppConfig, *, scorer_factory: ScorerFactory | None = None) -> None:
         self.config = config
         self.metrics = Metrics()
         self.health = Health()
@@ -57,31 +59,31 @@ class IntegrationApp:
         from lasan.integration.worker import ResultWorker
 
         cfg = self.config
-        # The listener hands its parsed records to the worker (parse once, see handoff.py).
+        # The intake hands its parsed records to the worker (parse once, see handoff.py).
         parsed = ParsedRecords()
         self.worker = ResultWorker(cfg, self.queue, self.metrics, self.health, self._scorer_factory, parsed=parsed)
-        wake = self.worker.wake  # thread-safe: called from intake and pynetdicom threads
+        # One intake for every entry point; worker.wake is thread-safe (intake and pynetdicom threads).
+        self.intake = Intake(self.queue, self.metrics, self.health, application=cfg.listener.application,
+                             facility=cfg.listener.facility, default_charset=cfg.listener.default_charset,
+                             on_stored=self.worker.wake, handoff=parsed)
 
         if cfg.listener.enabled:
-            from lasan.integration.listener import HL7Intake, MLLPListener
+            from lasan.integration.listener import MLLPListener
 
             ctx = server_ssl_context(cfg.listener.tls) if cfg.listener.tls else None
-            intake = HL7Intake(cfg.listener, self.queue, self.metrics, self.health, on_stored=wake, parsed=parsed)
-            self.listener = MLLPListener(cfg.listener, intake, ctx)
+            self.listener = MLLPListener(cfg.listener, self.intake, ctx)
             self.ports["hl7"] = await self.listener.start()
             self._parts.append(self.listener)
         if cfg.dicom.enabled:
             from lasan.integration.dicom_receiver import DicomReceiver
 
-            self.dicom = DicomReceiver(cfg.dicom, self.queue, self.metrics, self.health,
-                                       disk_path=cfg.storage.queue_db.parent, on_stored=wake)
+            self.dicom = DicomReceiver(cfg.dicom, self.intake, disk_path=cfg.storage.queue_db.parent)
             self.ports["dicom"] = await asyncio.to_thread(self.dicom.start)
             self._parts.append(self.dicom)
         if cfg.watch.enabled:
             from lasan.integration.watch import WatchFolder
 
-            self.watch = WatchFolder(cfg.watch, self.queue, self.metrics, self.health,
-                                     default_charset=cfg.listener.default_charset, on_stored=self.worker.wake)
+            self.watch = WatchFolder(cfg.watch, self.intake)
             self.watch.prepare()
             self._tasks.append(asyncio.create_task(self.watch.run(), name="watch"))
             self._parts.append(self.watch)

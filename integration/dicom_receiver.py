@@ -7,26 +7,24 @@ association is rejected otherwise). Before accepting an object the free disk spa
 where the queue lives is checked: below the threshold the answer is 0xA700 (out of
 resources) and the sender keeps the object for later.
 
-A C-STORE is answered success (0x0000) only after the object is validated and stored
-durably, the same rule as the HL7 listener's AA. Handlers run in pynetdicom's threads
-and turn every error into a failure status (STYLE rule 6, pynetdicom's ``attempt``),
-never an exception out of the handler.
+A C-STORE is answered success (0x0000) only after the one intake
+(:class:`lasan.integration.intake.Intake`) has read, validated and stored the object
+durably, the same rule as the HL7 listener's AA. What remains here is the DICOM answer
+table: a refusal's status comes from :func:`lasan.errors.protocol_answer` (A900 not an ECG
+or leads missing, C000 unreadable, A700 not stored, C211 internal error). Handlers run in
+pynetdicom's threads and never let an exception out.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lasan.errors import BadWaveformError, ECGFormatError, MissingLeadsError, QueueStorageError, UnsupportedFormatError
 from lasan.integration.config import DicomConfig
-from lasan.integration.listener import validate_record
+from lasan.integration.intake import Accepted, Intake, Source
 from lasan.integration.logs import event
-from lasan.integration.metrics import Health, Metrics
-from lasan.integration.queue import DurableQueue, IdempotencyKey
 
 __all__ = ["DicomReceiver", "STATUS_SUCCESS", "STATUS_OUT_OF_RESOURCES", "STATUS_CANNOT_UNDERSTAND",
            "STATUS_DATASET_MISMATCH", "STATUS_PROCESSING_FAILURE"]
@@ -44,22 +42,13 @@ class DicomReceiver:
     """A pynetdicom storage SCP bound to the durable queue.
 
     Args:
-        on_stored: called (from a pynetdicom thread) after an object is stored, e.g. to wake the worker.
+        disk_path: where the queue lives: below ``config.min_free_disk_mb`` free there, C-STORE is refused.
     """
 
-    def __init__(
-        self,
-        config: DicomConfig,
-        queue: DurableQueue,
-        metrics: Metrics,
-        health: Health,
-        *,
-        disk_path: Path,
-        on_stored: Callable[[], None] | None = None,
-    ) -> None:
-        self.config, self.queue, self.metrics, self.health = config, queue, metrics, health
+    def __init__(self, config: DicomConfig, intake: Intake, *, disk_path: Path) -> None:
+        self.config, self.intake = config, intake
+        self.metrics, self.health = intake.metrics, intake.health
         self._disk_path = disk_path
-        self._on_stored = on_stored
         self._server: Any = None
 
     def start(self) -> int:
@@ -110,7 +99,6 @@ class DicomReceiver:
 
     def _on_store(self, ev: Any) -> int:
         calling = str(ev.assoc.requestor.ae_title).strip()
-        self.metrics.received.labels("dicom").inc()
         try:
             status = self._store(ev, calling)
         except Exception as exc:  # noqa: BLE001 - STYLE rule 6: a failure status, never a dead SCP
@@ -126,31 +114,18 @@ class DicomReceiver:
             event("dicom.store_refused", logging.WARNING, log, calling_ae=calling, status="A700",
                   reason=f"free disk {free:.0f} MB below dicom.min_free_disk_mb {self.config.min_free_disk_mb:g}")
             self.health.error("dicom: disk space low, C-STORE refused")
+            self.metrics.received.labels("dicom").inc()
             return STATUS_OUT_OF_RESOURCES
-        raw = bytes(ev.encoded_dataset())
         sop_uid = str(ev.request.AffectedSOPInstanceUID or "")
-        from lasan.formats.dicom import read_dicom
-
-        try:
-            record = read_dicom(raw)
-            validate_record(record)
-        except (UnsupportedFormatError, MissingLeadsError) as exc:
-            event("dicom.store_rejected", logging.WARNING, log, calling_ae=calling, sop_instance=sop_uid,
-                  status="A900", reason=str(exc))
-            return STATUS_DATASET_MISMATCH
-        except (ECGFormatError, BadWaveformError) as exc:
-            event("dicom.store_rejected", logging.WARNING, log, calling_ae=calling, sop_instance=sop_uid,
-                  status="C000", reason=str(exc))
-            return STATUS_CANNOT_UNDERSTAND
-        try:
-            outcome = self.queue.enqueue(IdempotencyKey(calling, "DICOM", sop_uid), raw, source="dicom", kind="dicom")
-        except QueueStorageError as exc:
-            self.health.error(str(exc))
-            event("dicom.store_failed", logging.ERROR, log, calling_ae=calling, sop_instance=sop_uid, status="A700",
-                  reason=str(exc))
-            return STATUS_OUT_OF_RESOURCES
-        event("dicom.stored", logging.INFO, log, calling_ae=calling, sop_instance=sop_uid, item=outcome.item_id,
-              duplicate=outcome.duplicate, leads=len(record.leads), fs=record.fs)
-        if self._on_stored is not None and not outcome.duplicate:
-            self._on_stored()
-        return STATUS_SUCCESS
+        source = Source("dicom", formats=("dicom",), suffix=".dcm", sender=calling, control_id=sop_uid)
+        outcome = self.intake.accept(bytes(ev.encoded_dataset()), source)
+        if isinstance(outcome, Accepted):
+            record = outcome.parsed.record if outcome.parsed else None
+            event("dicom.stored", logging.INFO, log, calling_ae=calling, sop_instance=sop_uid, item=outcome.item_id,
+                  duplicate=outcome.duplicate, leads=len(record.leads) if record else None,
+                  fs=record.fs if record else None)
+            return STATUS_SUCCESS
+        status = outcome.answer.dicom_status
+        event("dicom.store_rejected", logging.WARNING, log, calling_ae=calling, sop_instance=sop_uid,
+              status=f"{status:04X}", reason=outcome.reason, error=type(outcome.error).__name__)
+        return status

@@ -1,16 +1,11 @@
-"""The HL7 v2 MLLP listener: receive, validate, store durably, then acknowledge.
+"""The HL7 v2 MLLP listener: frames in, ACKs out; everything else is the intake's.
 
-:class:`HL7Intake` is the per-message logic (bytes in, ACK out) and knows nothing of
-sockets; :class:`MLLPListener` is the asyncio server that frames bytes and calls it.
-The intake is bound to the server when it starts (no registry).
-
-Per message, in this order (Mirth's rule, "store before acknowledge"):
-
-1. read MSH (sender, control ID, type, character set) - unreadable: ``AR``;
-2. a control ID already stored for this sender: the stored ACK again, nothing else;
-3. not an ORU^R01: ``AR`` 200; parse the waveform and check it can be scored - not: ``AE``;
-4. write raw message + ACK to the durable queue (fsynced) - fails: ``AE``, never ``AA``;
-5. answer ``AA`` with MSA-2 = MSH-10.
+:class:`MLLPListener` frames bytes and hands each block to the one intake
+(:class:`lasan.integration.intake.Intake`), which reads, validates and stores it durably
+before anything is acknowledged (Mirth's rule, "store before acknowledge"). What remains
+here is the HL7 answer table, :meth:`MLLPListener.answer`: an outcome becomes its ACK
+(``AA``; ``AE`` / ``AR`` with an ERR segment, codes from :func:`lasan.errors.protocol_answer`),
+its metric and its log line, in one place.
 
 A handler error of any kind becomes an ACK with AE and an ERR segment; a framing error
 closes the connection with a logged reason. The listener itself never dies of either.
@@ -21,163 +16,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
-import numpy as np
-
-from lasan.errors import (
-    BadWaveformError,
-    ECGFormatError,
-    HL7MessageError,
-    LasanError,
-    MalformedECGError,
-    MissingLeadsError,
-    MLLPFramingError,
-    QueueStorageError,
-    UnsupportedFormatError,
-)
+from lasan.errors import IntegrationError, LasanError, MLLPFramingError
+from lasan.hl7.ack import AA, build_ack
+from lasan.hl7.encoding import read_header
 from lasan.integration.config import ListenerConfig
-from lasan.integration.handoff import ParsedRecords
-from lasan.integration.hl7_ack import AA, AE, AR, MessageHeader, build_ack, read_msh
+from lasan.integration.intake import Accepted, Intake, Outcome, Refused, Source
 from lasan.integration.logs import event
-from lasan.integration.metrics import Health, Metrics
-from lasan.integration.mllp import FrameTooLargeError, MLLPDecoder, decode_hl7, frame, read_block
-from lasan.integration.queue import DurableQueue, IdempotencyKey
-from lasan.record import ECGRecord
+from lasan.integration.mllp import FrameTooLargeError, MLLPDecoder, frame, read_block
 
-__all__ = ["HL7Intake", "MLLPListener", "validate_record", "error_to_ack_code"]
+__all__ = ["MLLPListener", "MLLP_SOURCE"]
 
 log = logging.getLogger("lasan.integration.listener")
 
-ParseFn = Callable[[str], Any]  # returns an object with .record (HL7ECGMessage) or an ECGRecord
-
-
-def validate_record(record: ECGRecord) -> None:
-    """Check that ``record`` can be scored, with the client's own lead rule.
-
-    Raises:
-        MissingLeadsError: a model lead is absent and cannot be derived.
-        BadWaveformError: samples are not finite numbers, or the recording is empty.
-    """
-    from lasan.client.request import wire_ecg  # the exact rule the scorer applies
-
-    if record.n_samples < 2:
-        raise BadWaveformError("the waveform has no samples; send a recorded ECG")
-    if not np.isfinite(record.signal).all():
-        raise BadWaveformError("the waveform contains values that are not finite numbers (NaN/inf); check the device export")
-    wire_ecg(record)
-
-
-def error_to_ack_code(exc: BaseException) -> tuple[str, str]:
-    """Map an error to (MSA-1, HL7 table 0357 code)."""
-    if isinstance(exc, HL7MessageError):
-        return (AR if exc.reject else AE), exc.hl7_error_code
-    if isinstance(exc, UnsupportedFormatError):
-        return AR, "200"
-    if isinstance(exc, MissingLeadsError):
-        return AE, "101"
-    if isinstance(exc, BadWaveformError):
-        return AE, "102"
-    if isinstance(exc, MalformedECGError):
-        return AE, "100"
-    return AE, "207"
-
-
-class HL7Intake:
-    """Turns one raw HL7 message into its ACK, storing accepted messages first.
-
-    Thread-safe (runs in the listener's own intake threads so that parsing a large message
-    and the fsync never block the event loop, and never wait behind the result worker's
-    threads).
-    """
-
-    def __init__(
-        self,
-        config: ListenerConfig,
-        queue: DurableQueue,
-        metrics: Metrics,
-        health: Health,
-        parse: ParseFn | None = None,
-        on_stored: Callable[[], None] | None = None,
-        parsed: ParsedRecords | None = None,
-    ) -> None:
-        """``parse`` defaults to :func:`lasan.formats.hl7.parse_oru`; ``on_stored`` is called (from a
-        worker thread) after a new message is stored, e.g. to wake the result worker; ``parsed``
-        receives each stored message's record so the worker need not parse it again."""
-        self.config, self.queue, self.metrics, self.health = config, queue, metrics, health
-        self._on_stored = on_stored
-        self._parsed = parsed
-        if parse is None:
-            from lasan.formats.hl7 import parse_oru
-
-            parse = parse_oru
-        self._parse = parse
-
-    def _ack(self, header: MessageHeader | None, code: str, error_code: str | None = None, reason: str | None = None,
-             **log_fields: Any) -> str:
-        self.metrics.acks.labels(code).inc()
-        level = logging.INFO if code == AA else logging.WARNING
-        event("hl7.ack", level, log, code=code, control_id=header.control_id if header else None,
-              sender=f"{header.sending_application}|{header.sending_facility}" if header else None,
-              err=error_code, reason=reason, **log_fields)
-        return build_ack(header, code, error_code=error_code, reason=reason,
-                         application=self.config.application, facility=self.config.facility)
-
-    def handle(self, raw: bytes, text: str) -> str:
-        """The ACK for one decoded message (never raises)."""
-        self.metrics.received.labels("hl7").inc()
-        header: MessageHeader | None = None
-        try:
-            header = read_msh(text)
-            key = IdempotencyKey(header.sending_application, header.sending_facility, header.control_id)
-            earlier = self.queue.lookup(key)
-            if earlier is not None and earlier.ack:
-                self.metrics.acks.labels("duplicate").inc()
-                event("hl7.duplicate", logging.INFO, log, control_id=header.control_id, item=earlier.item_id,
-                      sender=f"{header.sending_application}|{header.sending_facility}")
-                return earlier.ack
-            if header.message_code != "ORU^R01":
-                raise HL7MessageError(
-                    f"message type {header.message_code or '(empty MSH-9)'} is not supported; "
-                    "this interface accepts ORU^R01 ECG results only",
-                    hl7_error_code="200",
-                    reject=True,
-                )
-            parsed = self._parse(text)
-            record = getattr(parsed, "record", parsed)
-            if not isinstance(record, ECGRecord):
-                raise HL7MessageError("the message carries no ECG waveform", hl7_error_code="101")
-            validate_record(record)
-            ack = build_ack(header, AA, application=self.config.application, facility=self.config.facility)
-            outcome = self.queue.enqueue(key, raw, source="hl7", kind="hl7", ack=ack)
-            if outcome.duplicate and outcome.ack:
-                return outcome.ack
-            if self._parsed is not None:
-                self._parsed.put(outcome.item_id, record)
-            if self._on_stored is not None:
-                self._on_stored()
-            self.metrics.acks.labels(AA).inc()
-            event("hl7.ack", logging.INFO, log, code=AA, control_id=header.control_id, item=outcome.item_id,
-                  sender=f"{header.sending_application}|{header.sending_facility}", leads=len(record.leads),
-                  fs=record.fs)
-            return ack
-        except QueueStorageError as exc:
-            self.health.error(str(exc))
-            return self._ack(header, AE, "207", f"the message could not be stored ({exc}); nothing was kept, resend it later")
-        except (LasanError, ECGFormatError) as exc:
-            code, err = error_to_ack_code(exc)
-            return self._ack(header, code, err, str(exc))
-        except Exception as exc:  # noqa: BLE001 - STYLE rule 6: a handler bug must not kill the listener
-            event("hl7.handler_bug", logging.ERROR, log, control_id=header.control_id if header else None,
-                  exc_type=type(exc).__name__)
-            return self._ack(header, AE, "207", f"internal error while reading the message ({type(exc).__name__}); "
-                             "the message was not stored, resend it or contact the LASAN administrator")
+# What arrives on an MLLP connection is read as HL7, whatever its first bytes.
+MLLP_SOURCE = Source("hl7", formats=("hl7",), suffix=".hl7")
 
 
 class MLLPListener:
-    """asyncio MLLP server bound to one :class:`HL7Intake`.
+    """asyncio MLLP server bound to one :class:`~lasan.integration.intake.Intake` (when it starts, no registry).
 
     Each message's intake (parse, validate, fsync) runs on the listener's own small thread
     pool, not asyncio's default executor: the result worker's threads (re-reading stored
@@ -186,7 +44,7 @@ class MLLPListener:
     response per connection); the pool lets several connections be served at once.
     """
 
-    def __init__(self, config: ListenerConfig, intake: HL7Intake, ssl_context: ssl.SSLContext | None = None,
+    def __init__(self, config: ListenerConfig, intake: Intake, ssl_context: ssl.SSLContext | None = None,
                  *, intake_threads: int = 4) -> None:
         self.config, self.intake, self._ssl = config, intake, ssl_context
         self._server: asyncio.base_events.Server | None = None
@@ -239,10 +97,8 @@ class MLLPListener:
                     break
                 except FrameTooLargeError as exc:
                     reason = "frame too large"
-                    self.intake.metrics.acks.labels(AR).inc()
-                    event("mllp.frame_rejected", logging.WARNING, log, peer=peer_s, reason=str(exc))
-                    await self._write(writer, build_ack(None, AR, error_code="207", reason=str(exc),
-                                                        application=self.config.application))
+                    ack, codec = self.answer(self.intake.refuse(exc), peer_s)
+                    await self._write(writer, ack, codec)
                     break
                 except MLLPFramingError as exc:
                     reason = str(exc)
@@ -271,35 +127,44 @@ class MLLPListener:
 
     async def _answer(self, block: bytes, peer: str) -> tuple[str, str]:
         try:
-            text, codec = decode_hl7(block, self.config.default_charset)
-        except MLLPFramingError as exc:
-            header = None
-            try:
-                header = read_msh(block.decode("latin-1"))
-            except HL7MessageError:
-                pass
-            self.intake.metrics.received.labels("hl7").inc()
-            self.intake.metrics.acks.labels(AE).inc()
-            event("hl7.ack", logging.WARNING, log, code=AE, peer=peer, err="102", reason=str(exc),
-                  control_id=header.control_id if header else None)
-            return build_ack(header, AE, error_code="102", reason=str(exc),
-                             application=self.config.application), "latin-1"
-        try:
             loop = asyncio.get_running_loop()
-            ack = await asyncio.wait_for(loop.run_in_executor(self._executor, self.intake.handle, block, text),
-                                         self.config.message_timeout_s)
+            outcome = await asyncio.wait_for(loop.run_in_executor(self._executor, self.intake.accept, block, MLLP_SOURCE),
+                                             self.config.message_timeout_s)
         except asyncio.TimeoutError:
-            reason = (f"the message was not processed within {self.config.message_timeout_s:g} s; resend it "
-                      "(a re-sent control ID is never processed twice)")
-            header = None
             try:
-                header = read_msh(text)
-            except HL7MessageError:
-                pass
-            self.intake.metrics.acks.labels(AE).inc()
-            event("hl7.ack", logging.WARNING, log, code=AE, peer=peer, err="207", reason=reason,
-                  control_id=header.control_id if header else None)
-            ack = build_ack(header, AE, error_code="207", reason=reason, application=self.config.application)
+                header = read_header(block)
+            except LasanError:
+                header = None
+            outcome = self.intake.refuse(IntegrationError(
+                f"the message was not processed within {self.config.message_timeout_s:g} s; resend it "
+                "(a re-sent control ID is never processed twice)"), header)
+        return self.answer(outcome, peer)
+
+    def answer(self, outcome: Outcome, peer: str = "") -> tuple[str, str]:
+        """The HL7 answer table: ``(ACK text, codec to send it in)``, its metric and its log line."""
+        header = outcome.header
+        # Answer in the sender's character set when it is known, else in Latin-1 (ASCII-safe, never fails).
+        codec = header.codec if header is not None and header.codec not in (None, "ascii") else "latin-1"
+        ids = {"control_id": header.control_id if header else None, "sender": header.sender if header else None,
+               "peer": peer or None}
+        if isinstance(outcome, Accepted):
+            assert outcome.ack is not None
+            if outcome.duplicate and outcome.parsed is None:
+                self.intake.metrics.acks.labels("duplicate").inc()
+                event("hl7.duplicate", logging.INFO, log, item=outcome.item_id, **ids)
+                return outcome.ack, codec
+            self.intake.metrics.acks.labels(AA).inc()
+            record = outcome.parsed.record if outcome.parsed else None
+            event("hl7.ack", logging.INFO, log, code=AA, item=outcome.item_id, duplicate=outcome.duplicate,
+                  leads=len(record.leads) if record else None, fs=record.fs if record else None, **ids)
+            return outcome.ack, codec
+        assert isinstance(outcome, Refused)
+        code, err = outcome.answer.hl7_ack, outcome.answer.hl7_error_code
+        self.intake.metrics.acks.labels(code).inc()
+        event("hl7.ack", logging.WARNING, log, code=code, err=err, reason=outcome.reason,
+              error=type(outcome.error).__name__, **ids)
+        ack = build_ack(header, code, error_code=err, reason=outcome.reason,
+                        application=self.config.application, facility=self.config.facility)
         return ack, codec
 
     async def _write(self, writer: asyncio.StreamWriter, ack: str, codec: str = "utf-8") -> bool:

@@ -3,9 +3,10 @@
 A frame is ``VT <message bytes> FS CR``. This module knows only bytes: :class:`MLLPDecoder`
 is a sans-IO decoder that takes whatever arrived from a socket and yields complete
 blocks (frames split across reads, several frames in one read, garbage between frames,
-an oversize limit); :func:`read_block` / :func:`read_message` drive it from an asyncio
-stream, and :class:`MLLPClient` sends a message and waits for the answer (used for the
-downstream results feed and by tests). HL7 semantics (ACKs) live in ``hl7_ack``.
+an oversize limit); :func:`read_block` drives it from an asyncio stream, and
+:class:`MLLPClient` sends a message and waits for the answer's bytes (used for the
+downstream results feed and by tests). Character sets, headers and ACKs are HL7, and
+live in :mod:`lasan.hl7`.
 """
 
 from __future__ import annotations
@@ -24,10 +25,7 @@ __all__ = [
     "MLLPDecoder",
     "FrameTooLargeError",
     "frame",
-    "hl7_codec",
-    "decode_hl7",
     "read_block",
-    "read_message",
     "MLLPClient",
 ]
 
@@ -40,6 +38,8 @@ _READ_CHUNK = 64 * 1024
 
 class FrameTooLargeError(MLLPFramingError):
     """A frame grew past the configured size limit; the connection cannot be resynchronised cheaply."""
+
+    hl7_ack = "AR"  # resending the same frame can never succeed
 
 
 @dataclass
@@ -128,72 +128,6 @@ def frame(message: str | bytes, encoding: str = "utf-8") -> bytes:
     return START_BLOCK + payload + END_BLOCK + CARRIAGE_RETURN
 
 
-# HL7 table 0211 (MSH-18) -> Python codec. Unknown values fall back to the configured default.
-_CHARSETS = {
-    "ASCII": "ascii",
-    "ISO IR6": "ascii",
-    "8859/1": "latin-1",
-    "ISO IR100": "latin-1",
-    "8859/2": "iso8859-2",
-    "8859/3": "iso8859-3",
-    "8859/4": "iso8859-4",
-    "8859/5": "iso8859-5",
-    "8859/6": "iso8859-6",
-    "8859/7": "iso8859-7",
-    "8859/8": "iso8859-8",
-    "8859/9": "iso8859-9",
-    "8859/15": "iso8859-15",
-    "UNICODE UTF-8": "utf-8",
-    "UNICODE": "utf-8",
-    "UTF-8": "utf-8",
-    "ISO IR192": "utf-8",
-    "ISO IR87": "iso2022_jp",
-    "ISO IR159": "iso2022_jp_2",
-    "GB 18030-2000": "gb18030",
-    "KS X 1001": "euc_kr",
-    "BIG-5": "big5",
-}
-
-
-def hl7_codec(block: bytes, default: str = "utf-8") -> str:
-    """The Python codec for a raw HL7 message, from MSH-18 (its first repetition).
-
-    MSH is ASCII in every character set MLLP carries, so it is read from the bytes
-    before the message is decoded. A missing or unknown MSH-18 gives ``default``.
-    """
-    if not block.startswith(b"MSH") or len(block) < 4:
-        return default
-    sep = block[3:4]
-    end = len(block)
-    for terminator in (b"\r", b"\n"):
-        pos = block.find(terminator)
-        if 0 <= pos < end:
-            end = pos
-    fields = block[:end].split(sep)
-    # fields[0] is "MSH", fields[1] is MSH-2, so MSH-n is fields[n - 1].
-    if len(fields) < 18:
-        return default
-    first = fields[17].split(block[4:5] or b"~")[0] if len(block) > 4 else fields[17]
-    name = first.decode("ascii", errors="replace").strip().upper()
-    return _CHARSETS.get(name, default) if name else default
-
-
-def decode_hl7(block: bytes, default: str = "utf-8") -> tuple[str, str]:
-    """Decode a raw HL7 message with its MSH-18 character set: ``(text, codec)``.
-
-    Raises:
-        MLLPFramingError: the bytes are not valid in the declared (or default) character set.
-    """
-    codec = hl7_codec(block, default)
-    try:
-        return block.decode(codec), codec
-    except (UnicodeDecodeError, LookupError) as exc:
-        raise MLLPFramingError(
-            f"message bytes are not valid {codec} (MSH-18 declares the character set); "
-            f"fix MSH-18 or the sender's encoding ({exc.reason if hasattr(exc, 'reason') else exc})"
-        ) from exc
-
-
 async def read_block(
     reader: asyncio.StreamReader,
     decoder: MLLPDecoder,
@@ -234,21 +168,6 @@ async def read_block(
     return pending.pop(0)
 
 
-async def read_message(
-    reader: asyncio.StreamReader, decoder: MLLPDecoder, pending: list[bytes], default_charset: str = "utf-8"
-) -> tuple[bytes, str, str] | None:
-    """The next HL7 message: ``(raw bytes, decoded text, codec)``, or None at end of stream.
-
-    Raises:
-        MLLPFramingError: as :func:`read_block`, or when the bytes do not decode.
-    """
-    block = await read_block(reader, decoder, pending)
-    if block is None:
-        return None
-    text, codec = decode_hl7(block, default_charset)
-    return block, text, codec
-
-
 class MLLPClient:
     """A persistent MLLP connection that sends a message and waits for its reply.
 
@@ -276,8 +195,8 @@ class MLLPClient:
         self._decoder = MLLPDecoder(max_frame_bytes)
         self._pending: list[bytes] = []
 
-    async def send(self, message: str | bytes) -> str:
-        """Send one message, return the decoded reply (normally an ACK).
+    async def send(self, message: str | bytes) -> bytes:
+        """Send one message, return the reply's bytes (normally an ACK: :func:`lasan.hl7.ack.parse_ack` reads them).
 
         Raises:
             OSError / asyncio.TimeoutError: the peer is unreachable or did not answer in time
@@ -297,7 +216,7 @@ class MLLPClient:
             block = await asyncio.wait_for(read_block(self._reader, self._decoder, self._pending), self._timeout)
             if block is None:
                 raise ConnectionResetError(f"{self.host}:{self.port} closed the connection without a reply")
-            return decode_hl7(block, self._encoding)[0]
+            return block
         except BaseException:
             await self.close()
             raise

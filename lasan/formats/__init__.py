@@ -24,8 +24,12 @@ FORMATS = ("dicom", "hl7", "wfdb")
 _HEAD_BYTES = 132
 
 
-def detect_format(source: str | os.PathLike[str] | bytes) -> str:
+def detect_format(source: str | os.PathLike[str] | bytes, *, suffix: str = "") -> str:
     """``"dicom"``, ``"hl7"`` or ``"wfdb"`` for a path or the bytes of a file.
+
+    ``suffix`` (``.hl7``, ``.dcm``) names the file or channel the bytes came from; like a
+    path's suffix, it decides only when the content does not (so that a broken HL7 message
+    is explained by the HL7 reader, not refused as an unknown format).
 
     Raises:
         ECGFormatError: the path does not exist.
@@ -33,7 +37,7 @@ def detect_format(source: str | os.PathLike[str] | bytes) -> str:
         UnsupportedFormatError: the content is none of the formats LASAN reads.
     """
     if isinstance(source, bytes):
-        return _detect_bytes(source, name="the ECG bytes", suffix="")
+        return _detect_bytes(source, name="the ECG bytes", suffix=suffix.lower())
     path = Path(source)
     if path.suffix.lower() in (".hea", ".dat") or (not path.exists() and path.with_suffix(".hea").exists()):
         return "wfdb"
@@ -83,7 +87,7 @@ def read_ecg(source: str | os.PathLike[str] | bytes, *, fmt: str | None = None) 
 
         return read_dicom(source)
     if fmt == "hl7":
-        from .hl7 import read_hl7
+        from lasan.hl7.oru import read_hl7
 
         return read_hl7(source)
     if fmt == "wfdb":
@@ -114,7 +118,7 @@ def write_ecg(record: ECGRecord, path: str | os.PathLike[str], fmt: str | None =
 
         return write_dicom(record, path, **options)
     if fmt in ("hl7", "hl7-na", "hl7-ed"):
-        from .hl7_write import build_oru
+        from lasan.hl7.oru import build_oru
 
         options.setdefault("control_id", path.stem[:20] or "1")
         path.write_bytes(build_oru(record, style="ed" if fmt == "hl7-ed" else "na", **options))

@@ -23,6 +23,7 @@ from ..leads import DICOM_CODE_MEANINGS, SCPECG_CODES, STANDARD_LEADS, canonical
 from ..record import Acquisition, ECGRecord, PatientIdentity
 
 __all__ = [
+    "read_dicom_dataset",
     "TWELVE_LEAD_ECG_SOP_CLASS",
     "GENERAL_ECG_SOP_CLASS",
     "ECG_SOP_CLASSES",
@@ -68,13 +69,23 @@ def read_dicom(source: str | os.PathLike[str] | bytes) -> ECGRecord:
         BadWaveformError: sample encoding or units that cannot be converted to mV.
         MissingLeadsError: no channel is one of the 12 standard leads.
     """
+    what = "the DICOM bytes" if isinstance(source, bytes) else f"DICOM file {os.fspath(source)}"
+    return dataset_to_record(read_dicom_dataset(source), what=what)
+
+
+def read_dicom_dataset(source: str | os.PathLike[str] | bytes):
+    """The pydicom ``Dataset`` of a DICOM file (path or bytes), for callers that need more than the record.
+
+    Raises:
+        MalformedECGError: not a DICOM file, missing, truncated or corrupt.
+    """
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     what = "the DICOM bytes" if isinstance(source, bytes) else f"DICOM file {os.fspath(source)}"
     try:
         fp = io.BytesIO(source) if isinstance(source, bytes) else os.fspath(source)
-        ds = pydicom.dcmread(fp)
+        return pydicom.dcmread(fp)
     except InvalidDicomError as exc:
         raise MalformedECGError(f"{what} is not a DICOM file (no DICM preamble): {exc}") from exc
     except FileNotFoundError as exc:
@@ -83,7 +94,6 @@ def read_dicom(source: str | os.PathLike[str] | bytes) -> ECGRecord:
         raise MalformedECGError(
             f"{what} is truncated or corrupt ({type(exc).__name__}: {exc}); ask the sender to resend it"
         ) from exc
-    return dataset_to_record(ds, what=what)
 
 
 def dataset_to_record(ds, *, what: str = "the DICOM object") -> ECGRecord:

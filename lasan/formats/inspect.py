@@ -1,7 +1,9 @@
 """``lasan inspect FILE... [--json]``: what is in an ECG file, and is it usable?
 
 For every file: format, manufacturer/device, sampling rate, duration, leads (canonical,
-in order), units, and quality findings against the model input. An unreadable file
+in order), units, quality findings against the model input, and the verdict the intake
+would give it (accepted, or refused with the same reason as the HL7 listener, the DICOM
+receiver and the watch folder: :mod:`lasan.validation`). An unreadable file
 gets one line saying why (never a traceback); the others are still reported, and the
 exit status is 1 when any file could not be read. Patient identifiers are never printed.
 """
@@ -16,7 +18,7 @@ from typing import Any
 from ..errors import LasanError
 from ..record import ECGRecord
 
-__all__ = ["configure", "run", "describe"]
+__all__ = ["configure", "run", "describe", "inspect_file"]
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -47,27 +49,55 @@ def describe(record: ECGRecord, path: str) -> dict[str, Any]:
     }
 
 
-def run(args: argparse.Namespace) -> int:
-    from . import read_ecg
+def inspect_file(path: str) -> tuple[dict[str, Any] | None, str | None, str | None]:
+    """``(summary, error, refusal)`` for one file: the summary when it reads (else the error), and
+    the reason the intake would refuse it (None when every entry point would accept it).
 
+    The steps are :class:`lasan.validation.Reading`'s, in the intake's order, so the refusal is
+    the one the MLLP listener, the DICOM receiver and the watch folder give for the same bytes.
+    """
+    from ..validation import Reading, validate_record
+
+    refusal: str | None = None
+    try:
+        reading = Reading.start(path)
+        try:
+            reading.check()
+        except LasanError as exc:
+            refusal = _one_line(str(exc))
+        parsed = reading.read()
+    except LasanError as exc:
+        reason = _one_line(str(exc))
+        return None, reason, refusal or reason
+    except OSError as exc:
+        reason = f"cannot read the file: {exc.strerror or exc}"
+        return None, reason, refusal or reason
+    except Exception as exc:  # a reader bug must not hide the other files' reports
+        reason = f"internal error while reading ({type(exc).__name__}: {_one_line(str(exc))}); please report it"
+        return None, reason, refusal or reason
+    if refusal is None:
+        try:
+            validate_record(parsed.record)
+        except LasanError as exc:
+            refusal = _one_line(str(exc))
+    summary = describe(parsed.record, path)
+    summary["verdict"], summary["reason"] = ("refused", refusal) if refusal else ("accepted", None)
+    return summary, None, refusal
+
+
+def run(args: argparse.Namespace) -> int:
     status = 0
     for path in args.files:
-        try:
-            summary = describe(read_ecg(path), path)
-        except LasanError as exc:
-            reason = _one_line(str(exc))
-        except OSError as exc:
-            reason = f"cannot read the file: {exc.strerror or exc}"
-        except Exception as exc:  # a reader bug must not hide the other files' reports
-            reason = f"internal error while reading ({type(exc).__name__}: {_one_line(str(exc))}); please report it"
-        else:
+        summary, reason, refusal = inspect_file(path)
+        if summary is not None:
             print(json.dumps(summary) if args.json else _text(summary), flush=True)
             continue
+        assert reason is not None
         status = 1
         where = "" if path in reason else f"{path}: "
         print(f"lasan inspect: {where}{reason}", file=sys.stderr, flush=True)
         if args.json:
-            print(json.dumps({"path": path, "error": reason}), flush=True)
+            print(json.dumps({"path": path, "error": reason, "verdict": "refused", "reason": refusal}), flush=True)
     return status
 
 
@@ -91,4 +121,6 @@ def _text(summary: dict[str, Any]) -> str:
     else:
         lines.append("  quality    no findings")
     lines += [f"  note       {note}" for note in summary["notes"]]
+    verdict = summary.get("verdict", "accepted")
+    lines.append(f"  verdict    {verdict}" + (f": {summary['reason']}" if summary.get("reason") else ""))
     return "\n".join(lines)

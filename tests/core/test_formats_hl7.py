@@ -7,12 +7,11 @@ import base64
 import numpy as np
 import pytest
 
-from lasan.errors import HL7MalformedError, HL7UnsupportedError, HL7WaveformError
+from lasan.errors import HL7CharsetError, HL7HeaderError, HL7MalformedError, HL7UnsupportedError, HL7WaveformError
 from lasan.formats import read_ecg
 from lasan.formats.dicom import dicom_bytes
-from lasan.formats.hl7 import hl7_timestamp_to_iso, parse_oru, unescape
-from lasan.formats.hl7_write import build_oru
 from lasan.formats.sample import sample_ecg
+from lasan.hl7 import build_oru, hl7_timestamp_to_iso, parse_oru, read_header, unescape
 from lasan.leads import MODEL_LEADS, STANDARD_LEADS
 
 I_SAMPLES = [0.1, 0.2, -0.3, 0.4, 0.5, 0.25]
@@ -49,13 +48,17 @@ def test_pcd_style_na_message():
     np.testing.assert_allclose(rec.lead("III"), np.subtract(II_SAMPLES, I_SAMPLES), atol=1e-6)
     assert rec.acquisition.source_format == "hl7-na" and rec.acquisition.original_units == "mV"
     assert any("131400" in note or "MDC_ECG_LEAD_VX" in note for note in rec.acquisition.notes)
-    assert (msg.control_id, msg.sending_application, msg.sending_facility) == ("MSG00042", "CART", "WARD7")
-    assert (msg.receiving_application, msg.receiving_facility) == ("LASAN", "HOSP")
-    assert (msg.message_type, msg.trigger, msg.version, msg.processing_id) == ("ORU", "R01", "2.6", "P")
-    assert msg.charset == "8859/1" and msg.encoding_characters == "^~\\&"
+    head = msg.header
+    assert (head.control_id, head.sending_application, head.sending_facility) == ("MSG00042", "CART", "WARD7")
+    assert (head.receiving_application, head.receiving_facility) == ("LASAN", "HOSP")
+    assert (head.message_code, head.version, head.processing_id) == ("ORU^R01", "2.6", "P")
+    assert head.charset == "8859/1" and head.encoding_characters == "^~\\&"
     assert (msg.placer_order_number, msg.filler_order_number) == ("PLC-9", "FIL-7")
     assert msg.observation_datetime == "2024-03-05T10:10:00"
-    assert msg.message_datetime == "2024-03-05T10:15:00+01:00"
+    assert hl7_timestamp_to_iso(head.message_datetime) == "2024-03-05T10:15:00+01:00"
+    # The order context the result goes back to, read in the same pass.
+    assert (msg.order.original_control_id, msg.order.placer_order, msg.order.filler_order) == ("MSG00042", "PLC-9", "FIL-7")
+    assert msg.order.pid_segment is not None and msg.order.pid_segment.startswith("PID|")
     assert rec.patient.patient_id == "MRN123" and rec.patient.name == "M\\ller^Hans^J"
     assert rec.patient.birth_date == "19600229" and rec.patient.sex == "M"
     assert "MRN123" not in repr(msg) and "Hans" not in repr(msg)
@@ -88,10 +91,24 @@ def test_charsets_from_msh_18():
     assert parse_oru(utf8.encode("utf-8")).record.patient.name == "Åsa-Łucja^Hans^J"
     with pytest.raises(HL7MalformedError, match="ASCII"):
         parse_oru(latin.replace("8859/1", "ASCII").encode("latin-1"))
-    with pytest.raises(HL7UnsupportedError, match="KLINGON"):
+    with pytest.raises(HL7CharsetError, match="KLINGON"):
         parse_oru(latin.replace("8859/1", "KLINGON").encode("latin-1"))
     utf16 = utf8.replace("UNICODE UTF-8", "UNICODE UTF-16")
     assert parse_oru(utf16.encode("utf-16")).record.patient.name == "Åsa-Łucja^Hans^J"
+    assert parse_oru(utf16.encode("utf-16-le")).record.patient.name == "Åsa-Łucja^Hans^J"  # no BOM
+    utf32 = utf8.replace("UNICODE UTF-8", "UNICODE UTF-32")
+    assert parse_oru(utf32.encode("utf-32")).record.patient.name == "Åsa-Łucja^Hans^J"
+    japanese = latin.replace("8859/1", "ISO IR14").replace("Müller", "ﾔﾏﾀﾞ")
+    assert parse_oru(japanese.encode("shift_jis")).record.patient.name == "ﾔﾏﾀﾞ^Hans^J"
+
+
+def test_one_header_reader_for_bytes_and_text():
+    raw = _pcd_message().encode("latin-1")
+    from_bytes, from_text = read_header(raw), read_header(raw.decode("latin-1"))
+    assert from_bytes == from_text and from_bytes.codec == "latin-1" and from_bytes.sender == "CART|WARD7"
+    assert read_header(_pcd_message().replace("8859/1", "KLINGON").encode()).codec is None  # raised on decode
+    with pytest.raises(HL7HeaderError):
+        read_header(b"PID|1||MRN123")
 
 
 def test_builder_and_reader_agree_for_na_and_ed():
@@ -100,7 +117,7 @@ def test_builder_and_reader_agree_for_na_and_ed():
         raw = build_oru(rec, style=style, control_id="C-1", sending_application="CART", placer_order_number="P1")
         assert raw.startswith(b"MSH|^~\\&|CART|") and b"ORU^R01" in raw and raw.endswith(b"\r")
         msg = parse_oru(raw)
-        assert msg.control_id == "C-1" and msg.placer_order_number == "P1" and msg.charset == "UNICODE UTF-8"
+        assert msg.control_id == "C-1" and msg.placer_order_number == "P1" and msg.header.charset == "UNICODE UTF-8"
         assert msg.record.leads == STANDARD_LEADS and msg.record.fs == 500.0
         assert msg.record.acquisition.source_format == f"hl7-{style}"
         np.testing.assert_allclose(msg.record.signal, rec.signal, atol=0.5e-3 + 1e-6)

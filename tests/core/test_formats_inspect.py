@@ -19,8 +19,8 @@ from lasan.errors import (
     UnsupportedFormatError,
 )
 from lasan.formats import read_ecg, write_ecg
-from lasan.formats.hl7_write import build_oru
 from lasan.formats.sample import sample_ecg
+from lasan.hl7.oru import build_oru
 
 MORTARA = get_testdata_file("waveform_ecg.dcm")
 LASAN = Path(sys.executable).with_name("lasan")

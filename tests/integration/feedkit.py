@@ -41,7 +41,7 @@ def small_ecg(seed: int = 0, leads: tuple[str, ...] = MODEL_LEADS, fs: float = 2
 
 def oru(record: ECGRecord, control_id: str, style: str = "na", sender: str = "CART", facility: str = "WARD7",
         **kw) -> bytes:
-    from lasan.formats.hl7_write import build_oru
+    from lasan.hl7.oru import build_oru
 
     return build_oru(record, style=style, control_id=control_id, sending_application=sender,
                      sending_facility=facility, placer_order_number=f"PL-{control_id}",
@@ -91,7 +91,8 @@ class Downstream:
         self._loop.run_forever()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        from lasan.integration.hl7_ack import build_ack, read_msh
+        from lasan.hl7.ack import build_ack
+        from lasan.hl7.encoding import read_header
         from lasan.integration.mllp import MLLPDecoder, frame, read_block
 
         dec, pending = MLLPDecoder(), []
@@ -105,7 +106,7 @@ class Downstream:
                     break
                 with self._lock:
                     self.received.append(text)
-                writer.write(frame(build_ack(read_msh(text), self.mode, reason="test says no" if self.mode != "AA" else None)))
+                writer.write(frame(build_ack(read_header(text), self.mode, reason="test says no" if self.mode != "AA" else None)))
                 await writer.drain()
         except Exception:  # noqa: BLE001 - a test peer: drop the connection
             pass

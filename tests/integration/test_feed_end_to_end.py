@@ -18,9 +18,9 @@ import urllib.request
 import pytest
 from feedkit import msh10, obx_values, oru, result_probabilities, small_ecg
 
+from lasan.hl7.ack import parse_ack
 from lasan.integration.cli import IntegrationApp
 from lasan.integration.config import config_from_dict
-from lasan.integration.hl7_ack import parse_ack
 from lasan.integration.mllp import MLLPClient
 
 pytestmark = pytest.mark.slow
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slow
 # Served numbers are compared with a tolerance, never exactly: dynamic batching changes the
 # batch composition, and float32 kernels (AVX-512/AMX on a Xeon) then differ in the last
 # bits (~2e-7 observed). The digits a result carries are exactly the score object's: see
-# test_results.py, which checks that in process.
+# tests/core/test_hl7_result.py, which checks that in process.
 PROB_ATOL = 1e-5
 
 
@@ -77,7 +77,7 @@ async def _send_all(port, messages):
 
 @pytest.mark.parametrize("style", ["na", "ed"])
 def test_hl7_in_result_out_matches_direct_scoring(style, tmp_path, triton_server, downstream):
-    from lasan.formats.hl7 import parse_oru
+    from lasan.hl7.oru import parse_oru
 
     records = [small_ecg(seed=s, leads=("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"),
                          fs=500.0) for s in (1, 2)]

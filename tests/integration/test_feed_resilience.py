@@ -15,7 +15,7 @@ import urllib.request
 import pytest
 from feedkit import PHI_STRINGS, msh10, oru, result_probabilities, small_ecg
 
-from lasan.integration.hl7_ack import parse_ack
+from lasan.hl7.ack import parse_ack
 from lasan.integration.mllp import MLLPClient, frame
 
 pytestmark = pytest.mark.slow

@@ -9,13 +9,12 @@ import numpy as np
 from feedkit import oru, small_ecg
 
 from lasan.integration.config import config_from_dict
-from lasan.integration.handoff import ParsedRecords
-from lasan.integration.hl7_ack import parse_ack
-from lasan.integration.listener import HL7Intake
+from lasan.integration.handoff import Handoff, ParsedRecords
+from lasan.integration.intake import Intake, read_stored
+from lasan.integration.listener import MLLP_SOURCE
 from lasan.integration.metrics import Health, Metrics
-from lasan.integration.mllp import decode_hl7
 from lasan.integration.queue import DurableQueue, IdempotencyKey
-from lasan.integration.worker import ResultWorker, load_item
+from lasan.integration.worker import ResultWorker
 
 
 def _config(tmp_path):
@@ -25,6 +24,7 @@ def _config(tmp_path):
 
 def test_parsed_records_are_taken_once_and_bounded():
     rec = small_ecg(0)
+    rec = Handoff(rec, read_stored(oru(rec, "X"), "hl7", IdempotencyKey("A", "B", "X")).order)
     parsed = ParsedRecords(max_items=2)
     for item_id in (1, 2, 3):
         parsed.put(item_id, rec)
@@ -40,23 +40,22 @@ def test_intake_hands_over_the_record_the_worker_would_parse(tmp_path):
     queue = DurableQueue(cfg.storage.queue_db)
     parsed = ParsedRecords()
     stored = threading.Event()
-    intake = HL7Intake(cfg.listener, queue, Metrics(), Health(), on_stored=stored.set, parsed=parsed)
+    intake = Intake(queue, Metrics(), Health(), on_stored=stored.set, handoff=parsed)
     raw = oru(small_ecg(3), "H-1")
-    text, _ = decode_hl7(raw, "utf-8")
-    assert parse_ack(intake.handle(raw, text)).code == "AA" and stored.is_set()
+    assert intake.accept(raw, MLLP_SOURCE).ack and stored.is_set()
     item = queue.due()[0]
     handed = parsed.take(item.id)
     assert handed is not None
-    reread = load_item(item).record  # what the worker parses from the stored bytes
-    assert handed.leads == reread.leads and handed.fs == reread.fs
-    np.testing.assert_array_equal(handed.signal, reread.signal)
-    via_handoff = load_item(item, record=handed)
-    assert via_handoff.record is handed and via_handoff.order == load_item(item).order
+    reread = read_stored(item.raw, item.kind, item.key)  # what the worker reads from the stored bytes
+    assert handed.record.leads == reread.record.leads and handed.record.fs == reread.record.fs
+    np.testing.assert_array_equal(handed.record.signal, reread.record.signal)
+    assert handed.order == reread.order
 
     # A re-sent control ID and a refused message hand over nothing.
-    intake.handle(raw, text)
+    assert intake.accept(raw, MLLP_SOURCE).duplicate
     bad = oru(small_ecg(4), "H-2").replace(b"ORU^R01", b"ADT^A01", 1)
-    assert parse_ack(intake.handle(bad, decode_hl7(bad, "utf-8")[0])).code == "AR"
+    refused = intake.accept(bad, MLLP_SOURCE)
+    assert refused.answer.hl7_ack == "AR" and "ADT^A01" in refused.reason
     assert len(parsed) == 0
     queue.close()
 

@@ -11,9 +11,10 @@ import subprocess
 import pytest
 from feedkit import oru, small_ecg
 
+from lasan.hl7.ack import parse_ack
 from lasan.integration.config import ListenerConfig, TLSConfig, server_ssl_context
-from lasan.integration.hl7_ack import parse_ack
-from lasan.integration.listener import HL7Intake, MLLPListener
+from lasan.integration.intake import Intake
+from lasan.integration.listener import MLLPListener
 from lasan.integration.metrics import Health, Metrics
 from lasan.integration.mllp import MLLPClient, MLLPDecoder, frame, read_block
 from lasan.integration.queue import DurableQueue
@@ -26,7 +27,7 @@ def _run(coro):
 async def _listener(tmp_path, parse=None, ssl_context=None, **cfg):
     config = ListenerConfig(port=0, **cfg)
     queue = DurableQueue(tmp_path / "q.sqlite")
-    intake = HL7Intake(config, queue, Metrics(), Health(), parse=parse)
+    intake = Intake(queue, Metrics(), Health(), application=config.application, parse=parse)
     listener = MLLPListener(config, intake, ssl_context)
     port = await listener.start()
     return listener, queue, port
@@ -124,13 +125,11 @@ def test_idle_and_frame_timeouts_close_the_connection(tmp_path):
 def test_handler_error_becomes_ae_and_listener_survives(tmp_path):
     calls = []
 
-    def exploding_parse(text):
+    def exploding_parse(reading):
         calls.append(1)
         if len(calls) == 1:
             raise RuntimeError("bug in a parser")
-        from lasan.formats.hl7 import parse_oru
-
-        return parse_oru(text)
+        return reading.parse()
 
     async def main():
         listener, _, port = await _listener(tmp_path, parse=exploding_parse)

@@ -13,11 +13,8 @@ from lasan.integration.mllp import (
     START_BLOCK,
     FrameTooLargeError,
     MLLPDecoder,
-    decode_hl7,
     frame,
-    hl7_codec,
     read_block,
-    read_message,
 )
 
 MSG = b"MSH|^~\\&|CART|WARD|LASAN||20240101||ORU^R01|C1|P|2.5.1\rPID|1\r"
@@ -92,18 +89,18 @@ def _reader(*chunks: bytes) -> asyncio.StreamReader:
     return reader
 
 
-def test_read_block_and_read_message_over_a_stream():
+def test_read_block_over_a_stream():
     async def main():
         wire = frame(MSG) + frame(MSG)
         reader = _reader(wire[:7], wire[7:30], wire[30:])
         dec, pending = MLLPDecoder(), []
-        first = await read_message(reader, dec, pending)
+        first = await read_block(reader, dec, pending)
         second = await read_block(reader, dec, pending)
         end = await read_block(reader, dec, pending)
         return first, second, end
 
     first, second, end = asyncio.run(main())
-    assert first[0] == MSG and first[1] == MSG.decode() and second == MSG and end is None
+    assert first == MSG and second == MSG and end is None
 
 
 def test_stream_ending_inside_a_frame_is_a_framing_error():
@@ -121,14 +118,3 @@ def test_idle_timeout():
 
     with pytest.raises(asyncio.TimeoutError):
         asyncio.run(main())
-
-
-def test_msh18_character_sets():
-    latin = "MSH|^~\\&|A|B|C|D|20240101||ORU^R01|C1|P|2.5.1||||||8859/1\rPID|1||||Müller\r".encode("latin-1")
-    assert hl7_codec(latin) == "latin-1"
-    assert decode_hl7(latin)[0].endswith("Müller\r")
-    utf8 = "MSH|^~\\&|A|B|C|D|20240101||ORU^R01|C1|P|2.5.1||||||UNICODE UTF-8\rPID|1||||Jürgen\r".encode()
-    assert hl7_codec(utf8) == "utf-8" and "Jürgen" in decode_hl7(utf8)[0]
-    assert hl7_codec(MSG, default="latin-1") == "latin-1"  # no MSH-18: the configured default
-    with pytest.raises(MLLPFramingError, match="MSH-18"):
-        decode_hl7(latin.replace(b"8859/1", b"UNICODE UTF-8"))

@@ -10,6 +10,7 @@ import pytest
 from feedkit import oru, result_probabilities, small_ecg
 
 from lasan.integration.config import WatchConfig, config_from_dict
+from lasan.integration.intake import Intake
 from lasan.integration.metrics import Health, Metrics
 from lasan.integration.queue import DurableQueue
 from lasan.integration.watch import WatchFolder
@@ -19,8 +20,8 @@ def _watch(tmp_path, stable_s=0.5):
     folder = tmp_path / "watch"
     folder.mkdir()
     queue = DurableQueue(tmp_path / "q.sqlite")
-    return folder, queue, WatchFolder(WatchConfig(enabled=True, folder=folder, stable_s=stable_s), queue, Metrics(),
-                                      Health())
+    intake = Intake(queue, Metrics(), Health())
+    return folder, queue, WatchFolder(WatchConfig(enabled=True, folder=folder, stable_s=stable_s), intake)
 
 
 def test_files_are_taken_only_when_stable_then_moved(tmp_path):

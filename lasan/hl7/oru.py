@@ -1,9 +1,14 @@
-"""HL7 v2 ORU ECG results: IHE PCD-style NA waveforms and ED-wrapped DICOM ECGs.
+"""HL7 v2 ORU ECG messages: the reader (NA waveforms and ED-wrapped DICOM) and the writer.
 
-Structure is parsed here with plain string splitting, segment by segment, because a
-waveform OBX holds tens of thousands of numbers: a general HL7 tokenizer (hl7apy)
-takes seconds on one 12-lead message, while ``np.fromstring`` on the split field takes
-milliseconds. Only MSH, PID, OBR and OBX are read; other segments are skipped.
+The reader returns everything later steps need in one object, :class:`HL7ECGMessage`:
+the header (:mod:`.encoding`), the order context the result goes back to (sender,
+control ID, placer / filler order, observation time, the PID segment) and the
+:class:`~lasan.record.ECGRecord`; nothing downstream splits the message again.
+
+Structure is parsed with plain string splitting, segment by segment, because a waveform
+OBX holds tens of thousands of numbers: a general HL7 tokenizer (hl7apy) takes seconds on
+one 12-lead message, while ``np.fromstring`` on the split field takes milliseconds. Only
+MSH, PID, OBR and OBX are read; other segments are skipped.
 
 Accepted (see docs/formats.md for the full list):
 
@@ -18,6 +23,11 @@ Accepted (see docs/formats.md for the full list):
   belongs to that lead.
 * ED: OBX-2 = ED, OBX-5 = ``source^type^subtype^encoding^data`` with a DICOM subtype
   and Base64 (or Hex) encoding; HL7 escapes are undone before decoding.
+
+The writer (:func:`build_oru`) has two styles: ``"na"`` (IHE PCD-style: one NM OBX
+``67981^MDC_ATTR_SAMP_RATE^MDC``, then one NA OBX per lead, integer microvolts by
+default: 1 uV is finer than any amplifier's noise and integers keep the message small)
+and ``"ed"`` (one ED OBX ``^application^DICOM^Base64^<data>``).
 """
 
 from __future__ import annotations
@@ -27,40 +37,48 @@ import binascii
 import os
 import re
 from dataclasses import dataclass, replace
+from datetime import datetime, timezone
 
 import numpy as np
 
-from ..errors import ECGFormatError, HL7MalformedError, HL7UnsupportedError, HL7WaveformError
-from ..leads import canonical_lead
-from ..record import Acquisition, ECGRecord, PatientIdentity
+from lasan.errors import (
+    BadWaveformError,
+    ConfigError,
+    ECGFormatError,
+    HL7MalformedError,
+    HL7UnsupportedError,
+    HL7WaveformError,
+    MalformedECGError,
+    UnsupportedFormatError,
+)
+from lasan.hl7.encoding import (
+    CHARSETS,
+    STANDARD,
+    DecodedMessage,
+    Delimiters,
+    MessageHeader,
+    escape,
+    first_component,
+    hl7_timestamp_to_iso,
+    read_message,
+    unescape,
+)
+from lasan.leads import canonical_lead, mdc_code
+from lasan.record import Acquisition, ECGRecord, PatientIdentity
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
-    "CHARSETS",
+    "ECG_SERVICE_CODE",
+    "OrderContext",
     "HL7ECGMessage",
     "parse_oru",
     "read_hl7",
-    "hl7_timestamp_to_iso",
-    "unescape",
-    "escape",
+    "build_oru",
 ]
 
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024  # a 12-lead 10 s 1000 Hz NA message is ~0.8 MB
-MLLP_START, MLLP_END = b"\x0b", b"\x1c"
+ECG_SERVICE_CODE = "11524-6^EKG study^LN"  # LOINC for OBR-4 / the ED OBX-3
 
-# HL7 table 0211 (and the DICOM spellings some senders use) -> Python codec.
-CHARSETS: dict[str, str] = {
-    "ASCII": "ascii", "ISO IR6": "ascii",
-    "8859/1": "latin-1", "ISO IR100": "latin-1",
-    **{f"8859/{n}": f"iso8859-{n}" for n in range(2, 10)},
-    "8859/15": "iso8859-15",
-    "UNICODE UTF-8": "utf-8", "ISO IR192": "utf-8",
-    # Table 0211's plain "UNICODE" (ISO/IEC 10646) is sent as UTF-8 in practice.
-    "UNICODE": "utf-8",
-    "UNICODE UTF-16": "utf-16", "UNICODE UTF-32": "utf-32",
-    "GB 18030-2000": "gb18030", "KS X 1001": "euc_kr", "BIG-5": "big5",
-    "ISO IR87": "iso2022_jp", "ISO IR14": "shift_jis", "ISO IR159": "iso2022_jp_2",
-}
 _RATE_CODES = {"67981", "MDC_ATTR_SAMP_RATE"}
 _RATE_UNITS = {"hz", "/s", "1/s", "s-1", "264608", "mdc_dim_per_sec", "266176", "mdc_dim_hz", "per second", "hertz"}
 # OBX-6 -> factor to mV. MDC volt is 4256 in partition 4; milli adds 0x12, micro 0x13.
@@ -70,41 +88,59 @@ _VOLT_UNITS = {
     "v": 1e3, "volt": 1e3, "266400": 1e3, "mdc_dim_volt": 1e3,
 }
 _DICOM_SUBTYPES = {"dicom", "application/dicom"}
+_WRITE_RATE_CODE = "67981^MDC_ATTR_SAMP_RATE^MDC"
+_WRITE_RATE_UNITS = "264608^MDC_DIM_PER_SEC^MDC"
+_NA_UNITS = {"uV": "266419^MDC_DIM_MICRO_VOLT^MDC", "mV": "266418^MDC_DIM_MILLI_VOLT^MDC"}
+# An embedded DICOM's error -> the HL7 error of the same kind (exact classes only: a more
+# specific DICOM error, e.g. MissingLeadsError, passes through unchanged).
+_WRAPPED: tuple[tuple[type[ECGFormatError], type[ECGFormatError]], ...] = (
+    (MalformedECGError, HL7MalformedError),
+    (UnsupportedFormatError, HL7UnsupportedError),
+    (BadWaveformError, HL7WaveformError),
+)
+
+
+@dataclass(frozen=True)
+class OrderContext:
+    """Where a result must go: the original message, its patient and its order.
+
+    Fields are kept as sent (HL7-escaped, standard delimiters) so a result repeats them
+    verbatim. ``pid_segment`` and ``patient`` hold protected health information: they go
+    into the result message only, never into logs (``repr`` hides them).
+    """
+
+    original_control_id: str
+    sending_application: str
+    sending_facility: str
+    placer_order: str = ""
+    filler_order: str = ""
+    observation_time: str = ""  # HL7 TS
+    pid_segment: str | None = None  # verbatim from the original message (standard delimiters)
+    patient: PatientIdentity | None = None  # when there is no PID to copy (DICOM)
+
+    def __repr__(self) -> str:
+        return (f"OrderContext(control_id={self.original_control_id!r}, sender={self.sending_application!r}|"
+                f"{self.sending_facility!r}, <patient redacted>)")
 
 
 @dataclass(frozen=True)
 class HL7ECGMessage:
-    """An ORU message carrying an ECG: routing fields for the ACK plus the record.
+    """An ORU message carrying an ECG, read once: header, order context and record.
 
-    Patient identifiers from PID live only in ``record.patient`` (redacted ``repr``).
+    Patient identifiers from PID live only in ``record.patient`` and ``order`` (both
+    redacted in ``repr``).
     """
 
-    control_id: str  # MSH-10, echoed in MSA-2 of the ACK
-    sending_application: str  # MSH-3 (first component)
-    sending_facility: str  # MSH-4
-    receiving_application: str  # MSH-5
-    receiving_facility: str  # MSH-6
-    message_type: str  # MSH-9.1, "ORU"
-    trigger: str  # MSH-9.2, "R01"
-    version: str  # MSH-12
-    charset: str  # MSH-18 as sent ("" when absent)
-    processing_id: str  # MSH-11, "P" / "T" / "D"
-    message_datetime: str | None  # MSH-7, ISO 8601
-    placer_order_number: str | None  # OBR-2
+    header: MessageHeader
+    order: OrderContext
+    record: ECGRecord
+    placer_order_number: str | None  # OBR-2, first component, unescaped
     filler_order_number: str | None  # OBR-3
     observation_datetime: str | None  # OBR-7 (else the waveform OBX-14), ISO 8601
-    field_separator: str
-    encoding_characters: str  # MSH-2 as sent, for building a reply with the same delimiters
-    record: ECGRecord
 
-
-@dataclass(frozen=True)
-class _Delims:
-    field: str
-    component: str
-    repetition: str
-    escape: str
-    subcomponent: str
+    @property
+    def control_id(self) -> str:
+        return self.header.control_id
 
 
 def read_hl7(source: str | os.PathLike[str] | bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> ECGRecord:
@@ -126,39 +162,40 @@ def read_hl7(source: str | os.PathLike[str] | bytes, *, max_bytes: int = DEFAULT
     return parse_oru(source, max_bytes=max_bytes).record
 
 
-def parse_oru(message: bytes | str, *, max_bytes: int = DEFAULT_MAX_BYTES) -> HL7ECGMessage:
+def parse_oru(message: bytes | str | DecodedMessage, *, max_bytes: int = DEFAULT_MAX_BYTES) -> HL7ECGMessage:
     """Parse an HL7 v2 ORU message that carries an ECG.
 
     Args:
-        message: the message, raw bytes (charset from MSH-18) or already decoded text;
-            MLLP framing bytes are tolerated.
+        message: raw bytes (charset from MSH-18; MLLP framing tolerated), decoded text, or
+            a :class:`~lasan.hl7.encoding.DecodedMessage` whose header was already read
+            (it is then neither re-read nor decoded again).
         max_bytes: larger messages are refused before any parsing.
 
     Raises:
-        HL7MalformedError: too large, no MSH, invalid delimiters, undecodable charset,
+        HL7MalformedError: too large, no MSH (:class:`~lasan.errors.HL7HeaderError`), invalid
+            delimiters, unknown or undecodable charset (:class:`~lasan.errors.HL7CharsetError`),
             broken ED payload.
-        HL7UnsupportedError: not an ORU message, unknown charset, or no ECG waveform.
+        HL7UnsupportedError: not an ORU message, or no ECG waveform.
         HL7WaveformError: NA values that are not numbers, leads of unequal length,
             missing or conflicting sampling rate, unknown units.
     """
-    if len(message) > max_bytes:
-        raise HL7MalformedError(_too_large(len(message), max_bytes))
-    text, charset = _decode(message) if isinstance(message, bytes) else (_strip_framing_text(message), None)
-    segments = [seg for seg in text.replace("\r\n", "\r").replace("\n", "\r").split("\r") if seg]
-    if not segments or not segments[0].startswith("MSH"):
-        raise HL7MalformedError(_no_msh(segments[0] if segments else ""))
-    delims = _delimiters(segments[0])
-    msh = segments[0].split(delims.field)
-    msh_field = _field_getter(msh, delims, offset=1)  # MSH-1 is the separator itself
-    if charset is None:
-        charset = msh_field(18).split(delims.repetition)[0].strip()
-    message_type = msh_field(9).split(delims.component)
-    if message_type[0].strip().upper() != "ORU":
+    if isinstance(message, DecodedMessage):
+        decoded = message
+        if len(decoded.text) > max_bytes:
+            raise HL7MalformedError(_too_large(len(decoded.text), max_bytes))
+    else:
+        if len(message) > max_bytes:
+            raise HL7MalformedError(_too_large(len(message), max_bytes))
+        decoded = read_message(message)
+    header, delims = decoded.header, decoded.header.delimiters
+    if header.message_code.split("^")[0] != "ORU":
         raise HL7UnsupportedError(
-            f"HL7 message type {msh_field(9) or '(empty)'} is not an observation result (ORU); "
+            f"HL7 message type {header.message_type or '(empty)'} is not an observation result (ORU); "
             "send ECGs as ORU^R01"
         )
+    segments = decoded.segments()
     pid: list[str] | None = None
+    pid_text: str | None = None
     obr: list[str] | None = None
     na_leads: list[tuple[str, str, list[str], int]] = []  # (lead, sub-id, fields, segment no)
     rates: list[tuple[str, float, int]] = []
@@ -167,7 +204,7 @@ def parse_oru(message: bytes | str, *, max_bytes: int = DEFAULT_MAX_BYTES) -> HL
     for number, segment in enumerate(segments[1:], start=2):
         name = segment[:3]
         if name == "PID" and pid is None:
-            pid = segment.split(delims.field)
+            pid, pid_text = segment.split(delims.field), segment
         elif name == "OBR" and obr is None:
             obr = segment.split(delims.field)
         elif name == "OBX":
@@ -185,13 +222,13 @@ def parse_oru(message: bytes | str, *, max_bytes: int = DEFAULT_MAX_BYTES) -> HL
                 rates.append((sub_id, _rate_value(fields, delims, number), number))
             elif value_type == "ED":
                 ed_fields.append((fields, number))
-    get_pid = _field_getter(pid or [], delims)
-    get_obr = _field_getter(obr or [], delims)
+    get_pid = _field_getter(pid or [])
+    get_obr = _field_getter(obr or [])
     patient = PatientIdentity(
-        patient_id=_first_component(get_pid(3), delims) or _first_component(get_pid(2), delims),
+        patient_id=first_component(get_pid(3), delims) or first_component(get_pid(2), delims),
         name=_name(get_pid(5), delims),
-        birth_date=unescape(get_pid(7), delims.escape, delims)[:8] or None,
-        sex=unescape(get_pid(8), delims.escape, delims) or None,
+        birth_date=unescape(get_pid(7), delims)[:8] or None,
+        sex=unescape(get_pid(8), delims) or None,
     )
     if na_leads:
         record, obx14 = _na_record(na_leads, rates, delims, skipped)
@@ -207,28 +244,25 @@ def parse_oru(message: bytes | str, *, max_bytes: int = DEFAULT_MAX_BYTES) -> HL
         record = replace(record, acquisition=replace(record.acquisition, acquired_at=observed))
     if any(getattr(patient, key) for key in ("patient_id", "name", "birth_date", "sex")):
         record = replace(record, patient=patient)
-    return HL7ECGMessage(
-        control_id=msh_field(10).strip(),
-        sending_application=_first_component(msh_field(3), delims) or "",
-        sending_facility=_first_component(msh_field(4), delims) or "",
-        receiving_application=_first_component(msh_field(5), delims) or "",
-        receiving_facility=_first_component(msh_field(6), delims) or "",
-        message_type="ORU",
-        trigger=message_type[1].strip().upper() if len(message_type) > 1 else "",
-        version=_first_component(msh_field(12), delims) or "",
-        charset=charset,
-        processing_id=_first_component(msh_field(11), delims) or "",
-        message_datetime=hl7_timestamp_to_iso(msh_field(7)),
-        placer_order_number=_first_component(get_obr(2), delims),
-        filler_order_number=_first_component(get_obr(3), delims),
-        observation_datetime=observed,
-        field_separator=delims.field,
-        encoding_characters=msh[1],
-        record=record.with_derived_leads(),
+    # The result repeats order fields verbatim, which is only safe with standard delimiters.
+    standard = delims.is_standard and header.encoding_characters == "^~\\&"
+    order = OrderContext(
+        original_control_id=header.control_id,
+        sending_application=header.sending_application,
+        sending_facility=header.sending_facility,
+        placer_order=get_obr(2) if standard else "",
+        filler_order=get_obr(3) if standard else "",
+        observation_time=get_obr(7).split(delims.component)[0],
+        pid_segment=pid_text if standard else None,
     )
-
-
-# ------------------------------------------------------------------ framing and charsets
+    return HL7ECGMessage(
+        header=header,
+        order=order,
+        record=record.with_derived_leads(),
+        placer_order_number=first_component(get_obr(2), delims),
+        filler_order_number=first_component(get_obr(3), delims),
+        observation_datetime=observed,
+    )
 
 
 def _too_large(size: int, limit: int) -> str:
@@ -238,144 +272,23 @@ def _too_large(size: int, limit: int) -> str:
     )
 
 
-def _no_msh(start: str) -> str:
-    # Name only the segment id: the rest of a first line may be a PID with patient identifiers.
-    seen = f"a {start[:3]} segment" if re.fullmatch(r"[A-Z][A-Z0-9]{2}", start[:3]) else "no segment id"
-    return f"not an HL7 v2 message: it must start with an MSH segment, but starts with {seen}"
-
-
-def _strip_framing_text(text: str) -> str:
-    return text.lstrip("\x0b\ufeff \t\r\n").rstrip("\x1c \t\r\n")
-
-
-def _decode(raw: bytes) -> tuple[str, str]:
-    """Decode message bytes with the character set MSH-18 names."""
-    if raw.startswith((b"\xff\xfe", b"\xfe\xff")) or raw[:6] in (b"M\0S\0H\0", b"\0M\0S\0H"):
-        try:
-            codec = "utf-16" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else (
-                "utf-16-le" if raw[:1] == b"M" else "utf-16-be")
-            return _strip_framing_text(raw.decode(codec)), "UNICODE UTF-16"
-        except UnicodeDecodeError as exc:
-            raise HL7MalformedError(f"the HL7 message looks like UTF-16 but does not decode: {exc}") from exc
-    body = raw.lstrip(b"\x0b \t\r\n")
-    if body.startswith(b"\xef\xbb\xbf"):
-        body = body[3:]
-    body = body.rstrip(b"\x1c \t\r\n")
-    if not body.startswith(b"MSH") or len(body) < 8:
-        raise HL7MalformedError(_no_msh(body[:3].decode("latin-1")))
-    end = min((i for i in (body.find(b"\r"), body.find(b"\n")) if i >= 0), default=len(body))
-    msh = body[:end].decode("latin-1")
-    charset = msh[4:].split(msh[3]) if len(msh) > 4 else []
-    declared = charset[16].split(msh[5:6] or "~")[0].strip() if len(charset) > 16 else ""
-    if not declared:
-        # HL7's default is ASCII, but senders that leave MSH-18 empty often send UTF-8 or Latin-1.
-        try:
-            return body.decode("utf-8"), ""
-        except UnicodeDecodeError:
-            return body.decode("latin-1"), ""
-    codec = CHARSETS.get(declared.upper())
-    if codec is None:
-        raise HL7UnsupportedError(
-            f"MSH-18 names the character set {declared!r}, which LASAN does not know; "
-            f"use one of: {', '.join(sorted(CHARSETS))}"
-        )
-    try:
-        return body.decode(codec), declared
-    except UnicodeDecodeError as exc:
-        raise HL7MalformedError(
-            f"the HL7 message declares character set {declared!r} in MSH-18 but byte {exc.start} "
-            f"({body[exc.start:exc.start + 1]!r}) is not valid in it; fix MSH-18 at the sender"
-        ) from exc
-
-
-def _delimiters(msh: str) -> _Delims:
-    if len(msh) < 8:
-        raise HL7MalformedError("the MSH segment is truncated: no encoding characters after 'MSH'")
-    field = msh[3]
-    encoding = msh[4:].split(field, 1)[0]
-    chars = encoding[:4]
-    problems = len(encoding) not in (4, 5) or len(set(encoding + field)) != len(encoding) + 1 or any(
-        ch.isalnum() or ch in " \r\n" for ch in encoding + field
-    )
-    if problems:
-        raise HL7MalformedError(
-            f"MSH-1/MSH-2 delimiters {field!r} {encoding!r} are invalid: expected a field separator "
-            "and 4 or 5 distinct, non-alphanumeric encoding characters such as |^~\\&"
-        )
-    return _Delims(field, chars[0], chars[1], chars[2], chars[3])
-
-
-def _field_getter(fields: list[str], delims: _Delims, *, offset: int = 0):
+def _field_getter(fields: list[str]):
     def get(number: int) -> str:
-        index = number - offset
-        return fields[index] if 0 <= index < len(fields) else ""
+        return fields[number] if 0 <= number < len(fields) else ""
 
     return get
 
 
-# ----------------------------------------------------------------------- escaping
-
-
-def unescape(text: str, escape_char: str = "\\", delims: _Delims | None = None) -> str:
-    """Undo HL7 escape sequences (\\F\\ \\S\\ \\T\\ \\R\\ \\E\\ \\Xhh\\ \\.br\\; formatting dropped)."""
-    if not text or escape_char not in text:
-        return text
-    d = delims or _Delims("|", "^", "~", escape_char, "&")
-    pattern = re.compile(re.escape(escape_char) + r"([^" + re.escape(escape_char) + r"]*)" + re.escape(escape_char))
-    simple = {"F": d.field, "S": d.component, "T": d.subcomponent, "R": d.repetition, "E": d.escape, ".br": "\n"}
-
-    def sub(match: re.Match[str]) -> str:
-        code = match.group(1)
-        if code in simple:
-            return simple[code]
-        if code[:1] == "X" and len(code) % 2 == 1:
-            try:
-                return bytes.fromhex(code[1:]).decode("latin-1")
-            except ValueError:
-                return match.group(0)
-        return ""  # \H\ \N\ highlighting and \C..\ \M..\ charset switches carry no data here
-
-    return pattern.sub(sub, text)
-
-
-def escape(text: str, delims: str = "|^~\\&") -> str:
-    """Escape HL7 delimiters in a text value (for writing)."""
-    field, component, repetition, esc, sub = delims[0], delims[1], delims[2], delims[3], delims[4]
-    out = text.replace(esc, f"{esc}E{esc}")
-    for char, code in ((field, "F"), (component, "S"), (repetition, "R"), (sub, "T")):
-        out = out.replace(char, f"{esc}{code}{esc}")
-    return out.replace("\r", f"{esc}X0D{esc}").replace("\n", f"{esc}.br{esc}")
-
-
-def _first_component(value: str, delims: _Delims) -> str | None:
-    first = value.split(delims.repetition)[0].split(delims.component)[0]
-    return unescape(first, delims.escape, delims).strip() or None
-
-
-def _name(value: str, delims: _Delims) -> str | None:
+def _name(value: str, delims: Delimiters) -> str | None:
     parts = value.split(delims.repetition)[0].split(delims.component)[:3]
-    parts = [unescape(p, delims.escape, delims).strip() for p in parts]
+    parts = [unescape(p, delims).strip() for p in parts]
     return "^".join(parts).rstrip("^") or None
-
-
-def hl7_timestamp_to_iso(value: str) -> str | None:
-    """``YYYYMMDD[HHMM[SS[.S]]][+ZZZZ]`` -> ISO 8601, or None when not a timestamp."""
-    match = re.match(r"^\s*(\d{4})(\d{2})(\d{2})(?:(\d{2})(\d{2})(?:(\d{2})(\.\d+)?)?)?([+-]\d{4})?", value or "")
-    if not match:
-        return None
-    year, month, day, hour, minute, second, fraction, zone = match.groups()
-    iso = f"{year}-{month}-{day}"
-    if hour:
-        iso += f"T{hour}:{minute}" + (f":{second}{fraction or ''}" if second else "")
-        if zone:
-            iso += f"{zone[:3]}:{zone[3:]}"
-    return iso
 
 
 # ------------------------------------------------------------------- NA waveforms
 
 
-def _lead_of(code: str, delims: _Delims) -> str | None:
+def _lead_of(code: str, delims: Delimiters) -> str | None:
     """OBX-3 (code^text^system) -> canonical lead, trying the code, then the text."""
     for part in code.split(delims.component)[:2]:
         lead = canonical_lead(part)
@@ -384,12 +297,12 @@ def _lead_of(code: str, delims: _Delims) -> str | None:
     return None
 
 
-def _is_rate_code(code: str, delims: _Delims) -> bool:
+def _is_rate_code(code: str, delims: Delimiters) -> bool:
     parts = [p.strip().upper() for p in code.split(delims.component)[:2]]
     return any(p in _RATE_CODES for p in parts)
 
 
-def _rate_value(fields: list[str], delims: _Delims, number: int) -> float:
+def _rate_value(fields: list[str], delims: Delimiters, number: int) -> float:
     value = fields[5].strip() if len(fields) > 5 else ""
     units = fields[6] if len(fields) > 6 else ""
     try:
@@ -407,7 +320,7 @@ def _rate_value(fields: list[str], delims: _Delims, number: int) -> float:
     return rate
 
 
-def _volt_factor(units: str, delims: _Delims, lead: str, number: int) -> tuple[str, float]:
+def _volt_factor(units: str, delims: Delimiters, lead: str, number: int) -> tuple[str, float]:
     for part in units.split(delims.component)[:2]:
         key = part.strip().lower()
         if key in _VOLT_UNITS:
@@ -496,7 +409,7 @@ def _samples(value: str, separator: str, lead: str, number: int) -> np.ndarray:
 def _na_record(
     na_leads: list[tuple[str, str, list[str], int]],
     rates: list[tuple[str, float, int]],
-    delims: _Delims,
+    delims: Delimiters,
     skipped: list[str],
 ) -> tuple[ECGRecord, str | None]:
     rows: list[np.ndarray] = []
@@ -524,7 +437,7 @@ def _na_record(
     notes = tuple(f"OBX lead code {code!r} is not a 12-lead ECG lead; ignored" for code in skipped)
     acquisition = Acquisition(
         source_format="hl7-na",
-        device=_first_component(first[18], delims) if len(first) > 18 else None,
+        device=first_component(first[18], delims) if len(first) > 18 else None,
         original_units="/".join(sorted(units_seen)),
         notes=notes,
     )
@@ -553,19 +466,19 @@ def _rate_for(sub_id: str, rates: list[tuple[str, float, int]], lead: str, numbe
 # ------------------------------------------------------------------- ED (DICOM) payloads
 
 
-def _ed_record(ed_fields: list[tuple[list[str], int]], delims: _Delims) -> ECGRecord:
-    from .dicom import read_dicom, with_source
+def _ed_record(ed_fields: list[tuple[list[str], int]], delims: Delimiters) -> ECGRecord:
+    from lasan.formats.dicom import read_dicom, with_source
 
     for fields, number in ed_fields:
         value = fields[5] if len(fields) > 5 else ""
         parts = value.split(delims.component)
         if len(parts) < 5:
             continue
-        subtype = unescape(parts[2], delims.escape, delims).strip().lower()
+        subtype = unescape(parts[2], delims).strip().lower()
         if subtype not in _DICOM_SUBTYPES:
             continue  # e.g. a PDF report next to the waveform
         encoding = parts[3].strip().lower()
-        data = re.sub(r"\s+", "", unescape(parts[4], delims.escape, delims))
+        data = re.sub(r"\s+", "", unescape(parts[4], delims))
         try:
             if encoding in ("base64", "b64"):
                 payload = base64.b64decode(data, validate=True)
@@ -582,11 +495,9 @@ def _ed_record(ed_fields: list[tuple[list[str], int]], delims: _Delims) -> ECGRe
         try:
             record = read_dicom(payload)
         except ECGFormatError as exc:
-            wrapped = {
-                "MalformedECGError": HL7MalformedError,
-                "UnsupportedFormatError": HL7UnsupportedError,
-                "BadWaveformError": HL7WaveformError,
-            }.get(type(exc).__name__)
+            # The DICOM reader's error, restated as the HL7 message's error of the same kind.
+            wrapped: type[ECGFormatError] | None = next(
+                (hl7 for base, hl7 in _WRAPPED if type(exc) is base), None)
             if wrapped is None:
                 raise
             raise wrapped(f"OBX segment {number}: the embedded DICOM ECG is unusable: {exc}") from exc
@@ -595,3 +506,106 @@ def _ed_record(ed_fields: list[tuple[list[str], int]], delims: _Delims) -> ECGRe
         "the ORU message has ED observations but none is a DICOM ECG "
         "(expected OBX-5 = ^application^DICOM^Base64^<data>)"
     )
+
+
+# ----------------------------------------------------------------------- the writer
+
+
+def build_oru(
+    record: ECGRecord,
+    *,
+    style: str = "na",
+    control_id: str,
+    sending_application: str = "LASAN",
+    sending_facility: str = "",
+    receiving_application: str = "",
+    receiving_facility: str = "",
+    message_datetime: datetime | None = None,
+    processing_id: str = "P",
+    version: str = "2.6",
+    charset: str = "UNICODE UTF-8",
+    placer_order_number: str = "",
+    filler_order_number: str = "",
+    include_patient: bool = True,
+    na_units: str = "uV",
+    uid_key: str | None = None,
+) -> bytes:
+    """An ORU^R01 message (segments ended by CR, no MLLP framing) carrying ``record``.
+
+    Args:
+        record: the ECG.
+        style: ``"na"`` (one NA OBX per lead) or ``"ed"`` (base64 DICOM).
+        control_id: MSH-10.
+        message_datetime: MSH-7; now (UTC) when None.
+        charset: MSH-18; the message is encoded with it.
+        include_patient: write PID-3/5/7/8 from ``record.patient``.
+        na_units: ``"uV"`` (integers) or ``"mV"`` (4 decimals) for NA samples.
+        uid_key: ED style only: derive the embedded DICOM's UIDs from this key
+            (deterministic output) instead of fresh random UIDs.
+
+    Raises:
+        ConfigError: unknown style, units or charset.
+        BadWaveformError: NaN samples (HL7 NA and DICOM cannot carry them here).
+    """
+    if style not in ("na", "ed"):
+        raise ConfigError(f"HL7 ECG style must be 'na' or 'ed', got {style!r}")
+    if na_units not in _NA_UNITS:
+        raise ConfigError(f"na_units must be 'uV' or 'mV', got {na_units!r}")
+    codec = CHARSETS.get(charset.upper())
+    if codec is None:
+        raise ConfigError(f"unknown HL7 character set {charset!r}; use one of {sorted(CHARSETS)}")
+    if not np.all(np.isfinite(record.signal)):
+        raise BadWaveformError("cannot write an ECG with NaN or infinite samples to HL7")
+    when = (message_datetime or datetime.now(timezone.utc)).strftime("%Y%m%d%H%M%S")
+    observed = _hl7_time(record.acquisition.acquired_at) or when
+    msh = [
+        "MSH", "^~\\&", _e(sending_application), _e(sending_facility), _e(receiving_application),
+        _e(receiving_facility), when, "", "ORU^R01^ORU_R01", _e(control_id), processing_id, version,
+        "", "", "AL", "NE", "", charset,
+    ]
+    segments = ["|".join(msh)]
+    patient = record.patient
+    if include_patient:
+        segments.append(
+            "|".join([
+                "PID", "1", "", f"{_e(patient.patient_id or '')}^^^^MR" if patient.patient_id else "", "",
+                "^".join(_e(part) for part in (patient.name or "").split("^")), "",
+                _e(patient.birth_date or ""), _e(patient.sex or ""),
+            ])
+        )
+    else:
+        segments.append("PID|1")
+    segments.append(
+        f"OBR|1|{_e(placer_order_number)}|{_e(filler_order_number)}|{ECG_SERVICE_CODE}|||{observed}"
+    )
+    if style == "na":
+        segments += _na_segments(record, na_units, observed)
+    else:
+        from lasan.formats.dicom import dicom_bytes
+
+        data = base64.b64encode(dicom_bytes(record, uid_key=uid_key)).decode("ascii")
+        segments.append(f"OBX|1|ED|{ECG_SERVICE_CODE}|1|^application^DICOM^Base64^{data}||||||F|||{observed}")
+    return ("\r".join(segments) + "\r").encode(codec)
+
+
+def _na_segments(record: ECGRecord, units: str, observed: str) -> list[str]:
+    lines = [f"OBX|1|NM|{_WRITE_RATE_CODE}|1.0.0.1|{record.fs:g}|{_WRITE_RATE_UNITS}|||||F|||{observed}"]
+    if units == "uV":
+        counts = np.rint(record.signal.astype(np.float64) * 1000.0).astype(np.int64)
+        values = ["^".join(map(str, row.tolist())) for row in counts]
+    else:
+        values = ["^".join(np.char.mod("%.4f", row.astype(np.float64)).tolist()) for row in record.signal]
+    for k, (lead, value) in enumerate(zip(record.leads, values, strict=True), start=2):
+        lines.append(f"OBX|{k}|NA|{mdc_code(lead)}|1.0.0.{k}|{value}|{_NA_UNITS[units]}|||||F|||{observed}")
+    return lines
+
+
+def _e(text: str) -> str:
+    return escape(text, STANDARD)
+
+
+def _hl7_time(iso: str | None) -> str | None:
+    if not iso:
+        return None
+    digits = "".join(ch for ch in iso.split("+")[0] if ch.isdigit())
+    return digits[:14] if len(digits) >= 8 else None

@@ -15,17 +15,17 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
 from datetime import datetime, timezone
+from typing import Protocol
 
-from lasan.client.score import Score
-from lasan.integration.hl7_ack import escape_hl7
+from lasan.hl7.encoding import escape_hl7
+from lasan.hl7.oru import OrderContext
 from lasan.record import PatientIdentity
 
 __all__ = [
     "CODE_SYSTEM",
-    "OrderContext",
-    "order_from_hl7",
+    "ScoreLike",
     "order_from_dicom",
     "result_control_id",
     "build_result",
@@ -33,7 +33,6 @@ __all__ = [
 ]
 
 CODE_SYSTEM = "99LASAN"
-STANDARD_ENCODING = "^~\\&"
 
 # code -> (text, OBX-2 value type); per-class and per-lead codes are built from these stems.
 RESULT_CODES: dict[str, tuple[str, str]] = {
@@ -51,67 +50,23 @@ RESULT_CODES: dict[str, tuple[str, str]] = {
 }
 
 
-@dataclass(frozen=True)
-class OrderContext:
-    """Where the result must go: the original message, its patient and its order.
+class ScoreLike(Protocol):
+    """What a result reports (:class:`lasan.client.score.Score` is one); the core does not import the client."""
 
-    ``pid_segment`` and ``patient`` hold protected health information: they go into the
-    result message only, never into logs (``repr`` hides them).
-    """
-
-    original_control_id: str
-    sending_application: str
-    sending_facility: str
-    placer_order: str = ""
-    filler_order: str = ""
-    observation_time: str = ""  # HL7 TS
-    pid_segment: str | None = None  # verbatim from the original message (standard delimiters)
-    patient: PatientIdentity | None = None  # when there is no PID to copy (DICOM)
-
-    def __repr__(self) -> str:
-        return (f"OrderContext(control_id={self.original_control_id!r}, sender={self.sending_application!r}|"
-                f"{self.sending_facility!r}, <patient redacted>)")
-
-
-def _split_segments(text: str) -> list[str]:
-    return [s for s in re.split(r"\r\n|\r|\n", text) if s]
-
-
-def order_from_hl7(text: str) -> OrderContext:
-    """The order context of an original ORU message, reading MSH, PID and the first OBR only."""
-    segments = _split_segments(text.lstrip("\x0b"))
-    msh = segments[0]
-    sep, enc = msh[3], msh[4:8]
-    fields = msh.split(sep)
-
-    def msh_field(n: int) -> str:
-        return fields[n - 1] if len(fields) > n - 1 else ""
-
-    def first(value: str) -> str:
-        return value.split(enc[0])[0]
-
-    pid = None
-    placer = filler = obs_time = ""
-    for seg in segments[1:]:
-        tag = seg[:3]
-        if tag == "PID" and pid is None:
-            pid = seg
-        elif tag == "OBR" and not (placer or filler or obs_time):
-            f = seg.split(sep)
-            placer = f[2] if len(f) > 2 else ""
-            filler = f[3] if len(f) > 3 else ""
-            obs_time = first(f[7]) if len(f) > 7 else ""
-            break
-    standard = sep == "|" and enc == STANDARD_ENCODING
-    return OrderContext(
-        original_control_id=msh_field(10),
-        sending_application=first(msh_field(3)),
-        sending_facility=first(msh_field(4)),
-        placer_order=placer if standard else "",
-        filler_order=filler if standard else "",
-        observation_time=obs_time,
-        pid_segment=pid if (pid and standard) else None,
-    )
+    @property
+    def probabilities(self) -> Mapping[str, float]: ...
+    @property
+    def predicted_class(self) -> str: ...
+    @property
+    def screening(self) -> Mapping[str, bool]: ...
+    @property
+    def confirmation(self) -> Mapping[str, bool]: ...
+    @property
+    def lead_importance(self) -> Mapping[str, float]: ...
+    @property
+    def model_name(self) -> str: ...
+    @property
+    def model_version(self) -> str: ...
 
 
 def order_from_dicom(control_id: str, calling_ae: str, patient: PatientIdentity, accession: str = "",
@@ -159,7 +114,7 @@ def _cwe(code: str, text: str) -> str:
 
 def build_result(
     order: OrderContext,
-    score: Score,
+    score: ScoreLike,
     *,
     control_id: str,
     thresholds_mode: str = "screening",

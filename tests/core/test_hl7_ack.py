@@ -1,12 +1,14 @@
-"""ACK content: MSA-1/MSA-2, ERR with table 0357 codes, fallback for broken MSH."""
+"""ACK content: MSA-1/MSA-2, ERR with table 0357 codes from the error classes, fallback for broken MSH."""
 
 from __future__ import annotations
 
 import pytest
 from hl7apy.parser import parse_message
 
-from lasan.errors import HL7MessageError
-from lasan.integration.hl7_ack import AA, AE, AR, build_ack, parse_ack, read_msh
+from lasan.errors import HL7DelimiterError, HL7HeaderError, HL7RequiredFieldError, protocol_answer
+from lasan.hl7.ack import AA, AE, AR, build_ack, parse_ack
+from lasan.hl7.encoding import read_header as read_msh
+from lasan.validation import check_header
 
 ORU = "MSH|^~\\&|CART|WARD 3|LASAN|HOSP|20240101120000||ORU^R01^ORU_R01|MSG-0042|P|2.5.1||||||8859/1\rPID|1\r"
 
@@ -49,9 +51,9 @@ def test_older_version_uses_err_1():
 
 
 def test_no_msh_gets_minimal_ar():
-    with pytest.raises(HL7MessageError) as info:
+    with pytest.raises(HL7HeaderError) as info:
         read_msh("PID|1||123\r")
-    assert info.value.reject and info.value.hl7_error_code == "100"
+    assert protocol_answer(info.value).hl7_ack == "AR" and protocol_answer(info.value).hl7_error_code == "100"
     ack = build_ack(None, AR, error_code="100", reason=str(info.value))
     parsed = parse_ack(ack)
     assert parsed.code == "AR" and parsed.control_id == "" and "MSH" in parsed.text
@@ -60,14 +62,15 @@ def test_no_msh_gets_minimal_ar():
 
 @pytest.mark.parametrize("msh", ["MSH|^~|A|B", "MSH|abcd|A|B|", "MSH|^^\\&|A", "MSHA^~\\&A"])
 def test_wrong_encoding_characters_are_rejected(msh):
-    with pytest.raises(HL7MessageError) as info:
+    with pytest.raises(HL7DelimiterError) as info:
         read_msh(msh + "\rPID|1\r")
-    assert info.value.reject and info.value.hl7_error_code == "102"
+    assert protocol_answer(info.value).hl7_ack == "AR" and protocol_answer(info.value).hl7_error_code == "102"
 
 
 def test_missing_control_id():
-    with pytest.raises(HL7MessageError, match="MSH-10"):
-        read_msh("MSH|^~\\&|A|B|C|D|2024||ORU^R01||P|2.5\r")
+    with pytest.raises(HL7RequiredFieldError, match="MSH-10") as info:
+        check_header(read_msh("MSH|^~\\&|A|B|C|D|2024||ORU^R01||P|2.5\r"))
+    assert (protocol_answer(info.value).hl7_ack, protocol_answer(info.value).hl7_error_code) == ("AE", "101")
 
 
 def test_unusable_field_values_fall_back_to_a_hand_built_ack():

@@ -5,10 +5,18 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 import numpy as np
-from feedkit import obx_values, result_probabilities
 
 from lasan.client.score import Score
-from lasan.integration.results import OrderContext, build_result
+from lasan.hl7.oru import OrderContext
+from lasan.hl7.result import build_result
+
+
+def obx_values(result: str) -> dict[str, str]:
+    return {f[3].split("^")[0]: f[5] for f in (seg.split("|") for seg in result.split("\r")) if f[0] == "OBX"}
+
+
+def result_probabilities(result: str) -> dict[str, float]:
+    return {code[len("PROB-"):]: float(v) for code, v in obx_values(result).items() if code.startswith("PROB-")}
 
 
 def _score() -> Score:

@@ -1,9 +1,9 @@
-"""HL7 v2 acknowledgements: reading MSH, building ACK (AA / AE / AR) with an ERR segment.
+"""HL7 v2 acknowledgements: building ACK (AA / AE / AR) with an ERR segment, reading one back.
 
-Only the MSH segment of an incoming message is looked at here, by hand: hl7apy takes
-seconds to tokenise a waveform message, and a broken message must still be answered.
-The ACK itself is built with hl7apy so its structure follows the standard for the
-version the sender used. When the incoming MSH is too broken to echo (no MSH at all,
+The incoming message's header comes from :func:`lasan.hl7.encoding.read_header` (read
+once, by hand: hl7apy takes seconds to tokenise a waveform message, and a broken message
+must still be answered). The ACK itself is built with hl7apy so its structure follows
+the standard for the version the sender used. When the incoming MSH is too broken to echo (no MSH at all,
 unusable encoding characters), a minimal hand-built ACK answers instead, so the sender
 always learns why.
 
@@ -17,19 +17,17 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from lasan.errors import HL7MessageError
+from lasan.errors import HL7MessageError, LasanError
+from lasan.hl7.encoding import MessageHeader, escape_hl7, read_message
 
 __all__ = [
     "AA",
     "AE",
     "AR",
     "ERROR_CODES",
-    "MessageHeader",
     "AckInfo",
-    "read_msh",
     "build_ack",
     "parse_ack",
-    "escape_hl7",
 ]
 
 AA, AE, AR = "AA", "AE", "AR"
@@ -50,30 +48,6 @@ ERROR_CODES: dict[str, str] = {
 _ERR3_VERSIONS = ("2.5", "2.5.1", "2.6", "2.7", "2.7.1", "2.8", "2.8.1", "2.8.2")
 _HL7APY_VERSIONS = ("2.1", "2.2", "2.3", "2.3.1", "2.4", *_ERR3_VERSIONS)
 _DEFAULT_VERSION = "2.5.1"
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-@dataclass(frozen=True)
-class MessageHeader:
-    """The MSH fields the listener needs. None of them identify a patient."""
-
-    field_separator: str
-    encoding_characters: str
-    sending_application: str
-    sending_facility: str
-    receiving_application: str
-    receiving_facility: str
-    message_type: str  # e.g. "ORU^R01^ORU_R01"
-    control_id: str  # MSH-10
-    processing_id: str
-    version: str
-    charset: str  # MSH-18, as sent
-
-    @property
-    def message_code(self) -> str:
-        """MSH-9.1 / MSH-9.2 as ``ORU^R01``."""
-        parts = self.message_type.split(self.encoding_characters[0]) if self.encoding_characters else [""]
-        return "^".join(p for p in parts[:2] if p)
 
 
 @dataclass(frozen=True)
@@ -84,74 +58,6 @@ class AckInfo:
     control_id: str  # MSA-2: the MSH-10 being acknowledged
     text: str  # MSA-3 or ERR-8, for humans
     ack_control_id: str  # the ACK's own MSH-10
-
-
-def _component(value: str, enc: str) -> str:
-    return value.split(enc[0])[0] if enc else value
-
-
-def read_msh(text: str) -> MessageHeader:
-    """Read the MSH segment of an HL7 v2 message without parsing the rest.
-
-    Raises:
-        HL7MessageError: no MSH segment first (``reject=True``, code 100), unusable encoding
-            characters (``reject=True``, code 102) or no MSH-10 (code 101).
-    """
-    stripped = text.lstrip("\r\n")
-    if not stripped.startswith("MSH") or len(stripped) < 8:
-        raise HL7MessageError(
-            "the message does not start with an MSH segment; every HL7 v2 message must begin with MSH",
-            hl7_error_code="100",
-            reject=True,
-        )
-    msh = re.split(r"[\r\n]", stripped, maxsplit=1)[0]
-    sep = msh[3]
-    fields = msh.split(sep)
-    enc = fields[1] if len(fields) > 1 else ""
-    if (
-        sep.isalnum()
-        or sep.isspace()
-        or len(enc) not in (4, 5)
-        or len(set(enc)) != len(enc)
-        or sep in enc
-        or any(c.isalnum() or c.isspace() for c in enc)
-    ):
-        raise HL7MessageError(
-            f"MSH-1/MSH-2 encoding characters {sep + enc!r} are not usable; send the standard '|^~\\&'",
-            hl7_error_code="102",
-            reject=True,
-        )
-
-    def field(n: int) -> str:  # MSH-n; fields[0] is "MSH" and MSH-1 is the separator itself.
-        return fields[n - 1] if len(fields) > n - 1 else ""
-
-    header = MessageHeader(
-        field_separator=sep,
-        encoding_characters=enc,
-        sending_application=_component(field(3), enc),
-        sending_facility=_component(field(4), enc),
-        receiving_application=_component(field(5), enc),
-        receiving_facility=_component(field(6), enc),
-        message_type=field(9),
-        control_id=field(10).strip(),
-        processing_id=_component(field(11), enc),
-        version=_component(field(12), enc).strip(),
-        charset=field(18).split(enc[1])[0] if len(enc) > 1 else field(18),
-    )
-    if not header.control_id:
-        raise HL7MessageError(
-            "MSH-10 (message control ID) is empty; the sender must give each message a unique control ID",
-            hl7_error_code="101",
-        )
-    return header
-
-
-def escape_hl7(value: str) -> str:
-    """Escape HL7 delimiters in free text (standard ``|^~\\&``) and drop control characters."""
-    value = value.replace("\\", "\\E\\")
-    for char, esc in (("|", "\\F\\"), ("^", "\\S\\"), ("~", "\\R\\"), ("&", "\\T\\")):
-        value = value.replace(char, esc)
-    return _CONTROL.sub(" ", value)
 
 
 def _timestamp(now: datetime | None) -> str:
@@ -268,13 +174,17 @@ def _unescape(value: str) -> str:
     return value
 
 
-def parse_ack(text: str) -> AckInfo:
-    """Read MSA (and ERR-8 / MSA-3) from an acknowledgement.
+def parse_ack(reply: str | bytes) -> AckInfo:
+    """Read MSA (and ERR-8 / MSA-3) from an acknowledgement (text, or bytes as received).
 
     Raises:
-        HL7MessageError: the text is not an HL7 ACK (no MSH or no MSA).
+        HL7MessageError: the reply is not an HL7 ACK (no readable MSH, or no MSA).
     """
-    header = read_msh(text)
+    try:
+        message = read_message(reply)
+    except LasanError as exc:
+        raise HL7MessageError(f"the reply is not an HL7 message: {exc}") from exc
+    header, text = message.header, message.text
     sep = header.field_separator
     code = control = message = ""
     found = False

@@ -1,0 +1,253 @@
+"""The worker's two stages, each driven only by what is in the durable queue.
+
+* :class:`ScoringStage`: ``received`` -> score through an :class:`AsyncScorer` (by default
+  :class:`lasan.client.api.AsyncTritonScorer`), build the ORU^R01 result and store it
+  (``scored``). The result's MSH-10 is derived from the original sender and control ID,
+  so it is the same on every attempt.
+* :class:`DeliveryStage`: ``scored`` -> write the stored text to the outbox folder (atomic
+  rename, same file name every time), send it to the downstream MLLP endpoint and wait
+  for ``AA`` with MSA-2 = our MSH-10, then mark ``sent``.
+
+Failures never drop an item (:class:`Bookkeeping`): Triton unreachable, a downstream error
+or an AE/AR reply schedule a retry with exponential backoff; only an ECG that can never
+be scored becomes ``failed``, and stays in the database for review.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+from lasan.errors import ECGFormatError, LasanError, ScoringError, TritonUnavailableError
+from lasan.hl7.ack import AA, parse_ack
+from lasan.hl7.result import ScoreLike, build_result, result_control_id
+from lasan.integration.config import AppConfig, client_ssl_context
+from lasan.integration.handoff import Handoff, ParsedRecords
+from lasan.integration.intake import read_stored
+from lasan.integration.logs import event
+from lasan.integration.metrics import Health, Metrics
+from lasan.integration.mllp import MLLPClient
+from lasan.integration.queue import DurableQueue, QueueItem
+from lasan.record import ECGRecord
+
+__all__ = ["AsyncScorer", "ScorerFactory", "Bookkeeping", "ScoringStage", "DeliveryStage", "backoff_delay"]
+
+log = logging.getLogger("lasan.integration.worker")
+
+
+class AsyncScorer(Protocol):
+    """What the scoring stage needs from a scorer (:class:`lasan.client.api.AsyncTritonScorer` is one)."""
+
+    async def score(self, record: ECGRecord, *, request_id: str = "") -> ScoreLike: ...
+
+    async def close(self) -> None: ...
+
+
+ScorerFactory = Callable[[], AsyncScorer]
+
+
+def backoff_delay(attempts: int, initial_s: float, max_s: float, factor: float = 2.0) -> float:
+    """Delay before attempt ``attempts + 1``: ``initial * factor**attempts``, capped at ``max_s``."""
+    return min(max_s, initial_s * factor ** max(0, attempts))
+
+
+def _ids(item: QueueItem) -> dict[str, object]:
+    return {"item": item.id, "control_id": item.key.control_id,
+            "sender": f"{item.key.sender_app}|{item.key.sender_facility}"}
+
+
+def _write_atomic(folder: Path, name: str, text: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / name
+    tmp = folder / f".{name}.tmp"
+    with open(tmp, "wb") as fh:
+        fh.write(text.encode("utf-8"))
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, final)
+    return final
+
+
+class Bookkeeping:
+    """Retry with backoff, or fail for good; both recorded in the queue, the metrics and the log."""
+
+    def __init__(self, config: AppConfig, queue: DurableQueue, metrics: Metrics, health: Health) -> None:
+        self.config, self.queue, self.metrics, self.health = config, queue, metrics, health
+
+    async def retry(self, item: QueueItem, stage: str, error: str, ids: dict[str, object]) -> None:
+        r = self.config.retry
+        delay = backoff_delay(item.attempts, r.initial_s, r.max_s, r.factor)
+        attempts = await asyncio.to_thread(self.queue.schedule_retry, item.id, error, delay)
+        self.metrics.retries.labels(stage).inc()
+        self.health.error(f"{stage}: {error}")
+        event("worker.retry", logging.WARNING, log, stage=stage, attempts=attempts, delay_s=round(delay, 3),
+              error=error, **ids)
+
+    async def fail(self, item: QueueItem, error: str, ids: dict[str, object]) -> None:
+        await asyncio.to_thread(self.queue.mark_failed, item.id, error)
+        self.metrics.failures.inc()
+        self.health.error(error)
+        event("worker.failed", logging.ERROR, log, error=error, **ids)
+
+
+class ScoringStage:
+    """``received`` -> ``scored``: one item at a time (the worker runs several concurrently).
+
+    The scorer is shared by all items in flight; after a failure that may have left its
+    channel broken it is marked :attr:`stale` and renewed by :meth:`renew_if_stale`, which
+    the worker calls only when no call is in flight.
+    """
+
+    def __init__(self, config: AppConfig, books: Bookkeeping, scorer_factory: ScorerFactory | None = None,
+                 parsed: ParsedRecords | None = None) -> None:
+        self.config, self.books = config, books
+        self.queue, self.metrics, self.health = books.queue, books.metrics, books.health
+        self._scorer_factory: ScorerFactory = scorer_factory or self._default_scorer
+        self._scorer: AsyncScorer | None = None
+        self.stale = False  # a fresh gRPC channel is wanted after the current pass
+        self._parsed = parsed
+
+    def _default_scorer(self) -> AsyncScorer:
+        from lasan.client.api import AsyncTritonScorer
+
+        t = self.config.triton
+        # Few in-client retries: the queue is the retry mechanism, with its own backoff.
+        return AsyncTritonScorer(t.url, t.model, timeout_s=t.timeout_s, retries=1, backoff_s=0.2, max_backoff_s=1.0)
+
+    def _load(self, item: QueueItem) -> Handoff:
+        handed = self._parsed.take(item.id) if self._parsed is not None else None
+        return handed or read_stored(item.raw, item.kind, item.key, self.config.listener.default_charset)
+
+    async def score(self, item: QueueItem) -> None:
+        """Score one ``received`` item and store its result (or schedule a retry, or fail it)."""
+        ids = _ids(item)
+        try:
+            loaded = await asyncio.to_thread(self._load, item)
+        except ECGFormatError as exc:
+            await self.books.fail(item, f"stored message does not read: {exc}", ids)
+            return
+        try:
+            if self._scorer is None:
+                self._scorer = self._scorer_factory()
+            started = time.perf_counter()
+            score = await self._scorer.score(loaded.record, request_id=item.key.control_id[:64])
+            self.metrics.scoring_latency.observe(time.perf_counter() - started)
+            self.health.triton_reachable = True
+            self.metrics.triton_up.set(1)
+        except TritonUnavailableError as exc:
+            self.health.triton_reachable = False
+            self.metrics.triton_up.set(0)
+            # A fresh gRPC channel next pass: an old one can sit in a long reconnect backoff.
+            self.stale = True
+            await self.books.retry(item, "score", f"Triton unavailable: {exc}", ids)
+            return
+        except (ScoringError, ECGFormatError) as exc:
+            await self.books.fail(item, f"the model refused this ECG: {exc}", ids)
+            return
+        except Exception as exc:  # noqa: BLE001 - unknown: keep the item, try again later
+            self.stale = True
+            await self.books.retry(item, "score", f"{type(exc).__name__}: {exc}", ids)
+            return
+        pdf = await self._pdf(loaded.record, score, ids) if self.config.scoring.pdf_report else None
+        downstream = self.config.downstream
+        control_id = result_control_id(item.key.sender_app, item.key.sender_facility, item.key.control_id)
+        result = build_result(
+            loaded.order,
+            score,
+            control_id=control_id,
+            thresholds_mode=self.config.scoring.thresholds_mode,
+            application=self.config.listener.application,
+            facility=self.config.listener.facility,
+            receiving_application=downstream.application if downstream else "",
+            receiving_facility=downstream.facility if downstream else "",
+            pdf_report=pdf,
+        )
+        await asyncio.to_thread(self.queue.mark_scored, item.id, result, control_id)
+        event("worker.scored", logging.INFO, log, result_control_id=control_id, predicted=score.predicted_class,
+              model_version=score.model_version, **ids)
+
+    async def _pdf(self, record: ECGRecord, score: ScoreLike, ids: dict[str, object]) -> bytes | None:
+        def render() -> bytes:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+
+            from lasan.client.report import render_report
+
+            fig = render_report(record, score)
+            buf = io.BytesIO()
+            try:
+                fig.savefig(buf, format="pdf")
+            finally:
+                plt.close(fig)
+            return buf.getvalue()
+
+        try:
+            return await asyncio.to_thread(render)
+        except Exception as exc:  # noqa: BLE001 - a missing report must not block the result
+            event("worker.report_failed", logging.WARNING, log, exc_type=type(exc).__name__, **ids)
+            return None
+
+    async def renew_if_stale(self) -> None:
+        """Close a channel marked stale (only with no call in flight: it would fail them too)."""
+        if self.stale:
+            await self.close()
+
+    async def close(self) -> None:
+        scorer, self._scorer, self.stale = self._scorer, None, False
+        if scorer is not None:
+            try:
+                await scorer.close()
+            except Exception:  # noqa: BLE001 - closing a broken channel may itself fail
+                pass
+
+
+class DeliveryStage:
+    """``scored`` -> ``sent``: outbox file, then the downstream MLLP endpoint, one at a time."""
+
+    def __init__(self, config: AppConfig, books: Bookkeeping) -> None:
+        self.config, self.books, self.queue, self.metrics = config, books, books.queue, books.metrics
+        self._downstream: MLLPClient | None = None
+
+    async def send(self, item: QueueItem) -> bool:
+        """Deliver a stored result; True when it is marked sent."""
+        assert item.result is not None and item.result_control_id is not None
+        ids = {"item": item.id, "control_id": item.key.control_id, "result_control_id": item.result_control_id}
+        try:
+            await asyncio.to_thread(_write_atomic, self.config.storage.outbox, f"{item.result_control_id}.hl7", item.result)
+        except OSError as exc:
+            await self.books.retry(item, "outbox", f"cannot write the outbox: {exc}", ids)
+            return False
+        downstream = self.config.downstream
+        if downstream is not None:
+            if self._downstream is None:
+                ctx = client_ssl_context(downstream.tls) if downstream.tls else None
+                self._downstream = MLLPClient(downstream.host, downstream.port, ssl_context=ctx,
+                                              timeout_s=downstream.timeout_s)
+            try:
+                reply = await self._downstream.send(item.result)
+                ack = parse_ack(reply)
+            except (OSError, asyncio.TimeoutError, LasanError) as exc:
+                await self.books.retry(item, "send", f"downstream {downstream.host}:{downstream.port}: "
+                                       f"{type(exc).__name__}: {exc}", ids)
+                return False
+            if ack.code not in (AA, "CA") or ack.control_id != item.result_control_id:
+                await self.books.retry(item, "send", f"downstream answered {ack.code} for {ack.control_id!r}: "
+                                       f"{ack.text}", ids)
+                return False
+        await asyncio.to_thread(self.queue.mark_sent, item.id)
+        self.metrics.results_sent.inc()
+        event("worker.sent", logging.INFO, log, attempts=item.attempts + 1, **ids)
+        return True
+
+    async def close(self) -> None:
+        if self._downstream is not None:
+            await self._downstream.close()
+            self._downstream = None
