@@ -115,10 +115,11 @@ class Reading:
             header = read_header(data, default_charset=default_charset) if fmt == "hl7" else None
             return cls(data, fmt, header, None)
         path = Path(data)
-        fmt = detect_format(path)
-        if fmt == "wfdb":
-            return cls(None, fmt, None, path)
-        return cls.start(path.read_bytes(), suffix=path.suffix.lower(), default_charset=default_charset)
+        if path.is_file() and path.suffix.lower() not in (".hea", ".dat"):
+            # A file's bytes take the path every entry point's bytes take (same reasons).
+            return cls.start(path.read_bytes(), suffix=path.suffix.lower(), default_charset=default_charset)
+        fmt = detect_format(path)  # a WFDB record, or a missing path / a folder (raises)
+        return cls(None, fmt, None, path)
 
     def check(self) -> None:
         """The header rules (:func:`check_header`); nothing to check for other formats."""
@@ -152,7 +153,7 @@ class Reading:
 
             assert self.data is not None
             ds = read_dicom_dataset(self.data)
-            record = dataset_to_record(ds, what="the DICOM bytes")
+            record = dataset_to_record(ds, what="the DICOM data")
             return ParsedInput("dicom", record, sop_instance_uid=str(ds.get("SOPInstanceUID", "") or "") or None)
         from lasan.formats.wfdb_io import read_wfdb
 

@@ -37,7 +37,7 @@ def detect_format(source: str | os.PathLike[str] | bytes, *, suffix: str = "") -
         UnsupportedFormatError: the content is none of the formats LASAN reads.
     """
     if isinstance(source, bytes):
-        return _detect_bytes(source, name="the ECG bytes", suffix=suffix.lower())
+        return _detect_bytes(source, name="the ECG data", suffix=suffix.lower())
     path = Path(source)
     if path.suffix.lower() in (".hea", ".dat") or (not path.exists() and path.with_suffix(".hea").exists()):
         return "wfdb"

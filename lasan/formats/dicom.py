@@ -69,7 +69,7 @@ def read_dicom(source: str | os.PathLike[str] | bytes) -> ECGRecord:
         BadWaveformError: sample encoding or units that cannot be converted to mV.
         MissingLeadsError: no channel is one of the 12 standard leads.
     """
-    what = "the DICOM bytes" if isinstance(source, bytes) else f"DICOM file {os.fspath(source)}"
+    what = "the DICOM data" if isinstance(source, bytes) else f"DICOM file {os.fspath(source)}"
     return dataset_to_record(read_dicom_dataset(source), what=what)
 
 
@@ -82,7 +82,7 @@ def read_dicom_dataset(source: str | os.PathLike[str] | bytes):
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    what = "the DICOM bytes" if isinstance(source, bytes) else f"DICOM file {os.fspath(source)}"
+    what = "the DICOM data" if isinstance(source, bytes) else f"DICOM file {os.fspath(source)}"
     try:
         fp = io.BytesIO(source) if isinstance(source, bytes) else os.fspath(source)
         return pydicom.dcmread(fp)

@@ -124,7 +124,7 @@ def _hl7apy_ack(
     )
     msh.msh_10 = _ack_control_id()
     msh.msh_11 = escape_hl7(header.processing_id or "P")
-    if header.charset:
+    if header.charset and header.codec is not None:  # an unknown set is not echoed: the ACK is not in it
         msh.msh_18 = escape_hl7(header.charset)
     msa = msg.add_segment("MSA")
     msa.msa_1 = code
