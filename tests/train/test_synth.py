@@ -378,3 +378,36 @@ def test_concealed_lqts_has_a_normal_qtc_but_keeps_the_genotype_t_shape() -> Non
     assert 0.25 <= len(concealed) / len(lqts) <= 0.35
     assert np.mean([p.qtc_ms for p in concealed]) < 445
     assert np.mean([p.expression for p in concealed]) > 0.25  # the morphology is the signal left
+
+
+def _avg_beat(record, truth, lead: str, start: float, stop: float) -> np.ndarray:
+    """Average of one lead over [R + start, R + stop] s of every sinus beat, PR segment as zero."""
+    x, fs = record.lead(lead).astype(np.float64), record.fs
+    segs = []
+    for r, kind in zip(truth["r_peaks_s"][1:-1], truth["beat_kinds"][1:-1], strict=True):
+        if kind == SINUS:
+            base = x[int((r - 0.07) * fs) : int((r - 0.05) * fs)].mean()
+            segs.append(x[int((r + start) * fs) : int((r + stop) * fs)] - base)
+    return np.mean(segs, axis=0)
+
+
+def test_athletes_twi_follows_st_elevation_and_early_repolarisation_lifts_the_j_point(control_profiles) -> None:
+    plain = [p for p in control_profiles if p.age >= 16 and not {"early_repol", "crbbb", "irbbb"} & set(p.confounders)]
+    for i, p in enumerate(plain[:6]):
+        base_rec, t0 = _clean(p, i, confounders=(), twi_extent="", twi_depth_mv=0.0, anterior_st_mv=0.0)
+        athlete, t1 = _clean(p, i, confounders=("athlete", "athlete_twi"), twi_extent="V1-V4", twi_depth_mv=0.2,
+                             anterior_st_mv=0.2)
+        st = slice(0, int(0.04 * athlete.fs))  # the first 40 ms of the 60-140 ms window: ST
+        diff = _avg_beat(athlete, t1, "V2", 0.06, 0.14) - _avg_beat(base_rec, t0, "V2", 0.06, 0.14)
+        assert diff[st].mean() > 0.05  # ST elevation in V2 ...
+        t_diff = _avg_beat(athlete, t1, "V2", 0.2, 0.4) - _avg_beat(base_rec, t0, "V2", 0.2, 0.4)
+        assert t_diff.min() < -0.1  # ... then the T wave goes down
+        er, t2 = _clean(p, i, confounders=("early_repol",))
+        j = _avg_beat(er, t2, "V5", 0.05, 0.09) - _avg_beat(base_rec, t0, "V5", 0.05, 0.09)
+        assert j.mean() > 0.02
+
+
+def test_borderline_qtc_controls_measure_in_the_grey_zone(control_profiles) -> None:
+    grey = [p for p in control_profiles if "borderline_qtc" in p.confounders][:15]
+    qtc = np.array([_clean(p, i)[1]["qtc_fridericia_ms"] for i, p in enumerate(grey)])
+    assert 430 < np.median(qtc) < 470
