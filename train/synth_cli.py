@@ -52,11 +52,12 @@ def run(args: argparse.Namespace) -> int:
     external = {r.patient_id: r.label for r in rows if r.external}
     labels = Counter(patients.values())
     fmts = Counter(r.format for r in rows)
-    print(f"SYNTHETIC cohort: {len(patients)} patients, {len(rows)} ECGs in {time.perf_counter() - start:.1f} s")
+    n_internal = sum(not r.external for r in rows)
+    print(f"SYNTHETIC cohort: {len(patients)} patients, {n_internal} ECGs in {time.perf_counter() - start:.1f} s")
     print("  patients per class: " + ", ".join(f"{k} {v}" for k, v in sorted(labels.items())))
     if external:
         print(f"  external validation (holdout=external, never trained on): {len(external)} patients, "
-              + ", ".join(f"{k} {v}" for k, v in sorted(Counter(external.values()).items())))
+              f"{len(rows) - n_internal} ECGs, " + ", ".join(f"{k} {v}" for k, v in sorted(Counter(external.values()).items())))
     print("  files per format:   " + ", ".join(f"{k} {v}" for k, v in sorted(fmts.items())))
     print(f"  manifest: {manifest}")
     return 0
