@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from lasan.bench.table import Row, not_run, render_markdown, rows_to_json
+from lasan.benchmarks.table import Row, not_run, render_markdown, rows_to_json
 
 __all__ = ["configure", "run", "SECTIONS", "run_benchmarks"]
 
@@ -45,7 +45,7 @@ def run_benchmarks(
     work: Path, *, quick: bool = False, checkpoint: str | None = None, skip: set[str] = frozenset(), threads: int | None = None
 ) -> tuple[list[Row], dict[str, Any]]:
     """Run every section not in ``skip`` and return the rows and the details for the JSON."""
-    from lasan.bench.machine import machine_info
+    from lasan.benchmarks.machine import machine_info
     from lasan.build.optimize import apply_thread_settings
 
     n_threads = apply_thread_settings(threads)
@@ -69,14 +69,14 @@ def run_benchmarks(
 
     def model() -> tuple[list[Row], Any]:
         nonlocal best_ts, best_batch
-        from lasan.bench.model import run_model_benchmark
+        from lasan.benchmarks.model import run_model_benchmark
 
         result = run_model_benchmark(quick=quick, threads=n_threads)
         best_ts, best_batch = result.best_torchscript_ecg_per_s, result.best_batch
         return result.rows, result.details
 
     def triton() -> tuple[list[Row], Any]:
-        from lasan.bench.triton import run_triton_benchmark
+        from lasan.benchmarks.triton import run_triton_benchmark
 
         result = run_triton_benchmark(
             work / "bench", quick=quick, checkpoint=checkpoint, in_process_best=best_ts, in_process_batch=best_batch
@@ -84,14 +84,14 @@ def run_benchmarks(
         return result.rows, result.details
 
     def ingest() -> tuple[list[Row], Any]:
-        from lasan.bench.ingest import run_ingest_benchmark
-        from lasan.bench.ingest_rows import ingest_rows
+        from lasan.benchmarks.ingest import run_ingest_benchmark
+        from lasan.benchmarks.ingest_rows import ingest_rows
 
         raw = run_ingest_benchmark(repeats=5 if quick else 20)
         return ingest_rows(raw, repeats=5 if quick else 20), raw
 
     def feed() -> tuple[list[Row], Any]:
-        from lasan.bench.feed import run_feed_benchmark
+        from lasan.benchmarks.feed import run_feed_benchmark
 
         result = run_feed_benchmark(work / "bench", quick=quick, checkpoint=checkpoint)
         return result.rows, result.details
@@ -106,7 +106,7 @@ def run_benchmarks(
 
 
 def run(args: argparse.Namespace) -> int:
-    from lasan.bench.machine import describe
+    from lasan.benchmarks.machine import describe
 
     work = Path(args.work)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}

@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from lasan.bench.table import Row
+from lasan.benchmarks.table import Row
 from lasan.errors import ServerError
 
 __all__ = ["FeedBenchResult", "RateResult", "run_feed_benchmark", "percentile", "ACK_P99_TARGET_MS", "E2E_P99_TARGET_MS"]
@@ -268,7 +268,7 @@ async def _run_feed(
 def _reuse_or_build(work: Path, checkpoint: str | None) -> Path:
     import json
 
-    from lasan.bench.triton import benchmark_checkpoint
+    from lasan.benchmarks.triton import benchmark_checkpoint
     from lasan.build.optimize import recommended_threads
     from lasan.build.repository import build_repository
     from lasan.checkpoint import file_sha256

@@ -3,7 +3,7 @@
 The baseline is hl7apy's full parse (``hl7apy.parser.parse_message``) of the very same
 HL7 NA message, measured in the same run: that is what a listener built on a general
 HL7 library would pay before it even converts a sample. Run with
-``python -m lasan.bench.ingest``; not a test (timings vary by machine).
+``python -m lasan.benchmarks.ingest``; not a test (timings vary by machine).
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lasan.bench.ingest", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m lasan.benchmarks.ingest", description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=20, help="timed reads per LASAN reader (median reported)")
     parser.add_argument("--baseline-repeats", type=int, default=1, help="hl7apy parses (each takes seconds)")
     args = parser.parse_args(argv)

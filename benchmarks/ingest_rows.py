@@ -1,4 +1,4 @@
-"""Ingest rows for the results table, from :func:`lasan.bench.ingest.run_ingest_benchmark`.
+"""Ingest rows for the results table, from :func:`lasan.benchmarks.ingest.run_ingest_benchmark`.
 
 The readers' own numbers come from the ingest benchmark unchanged. One row is added here
 because the target is stated for it: an HL7 NA message all the way to model input
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from lasan.bench.ingest import median_seconds
-from lasan.bench.table import Row, not_run
+from lasan.benchmarks.ingest import median_seconds
+from lasan.benchmarks.table import Row, not_run
 
 __all__ = ["ingest_rows", "MODEL_INPUT_TARGET_MS", "SPEEDUP_TARGET"]
 

@@ -22,7 +22,7 @@ import torch
 import torch.utils.mkldnn
 from torch.utils.flop_counter import FlopCounterMode
 
-from lasan.bench.table import Row
+from lasan.benchmarks.table import Row
 from lasan.build.optimize import optimize_for_cpu
 from lasan.models import HybridConfig, LASANConfig, build_model
 

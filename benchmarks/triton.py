@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from lasan.bench.table import Row, not_run
+from lasan.benchmarks.table import Row, not_run
 from lasan.errors import ServerError
 from lasan.tensor_names import (
     ENCODER_MODEL,
@@ -268,7 +268,7 @@ def _latency_row(label: str, r: PerfResult) -> Row:
 
 def _in_process_model(checkpoint: Path):
     """The checkpoint's model as in-process CPU-optimised TorchScript, and its input shape."""
-    from lasan.bench.model import optimised_torchscript
+    from lasan.benchmarks.model import optimised_torchscript
     from lasan.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
@@ -323,7 +323,7 @@ def run_triton_benchmark(
         )
         # The baseline is measured right before the concurrency-8 run (Triton idle meanwhile),
         # so that both sides of the ratio see the same neighbours on a shared machine.
-        from lasan.bench.model import _throughput
+        from lasan.benchmarks.model import _throughput
 
         scripted, n_leads, n_samples = _in_process_model(ckpt_path)
         baseline_batch = in_process_batch or 8

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from lasan.bench.feed import percentile
-from lasan.bench.table import Row, not_run, render_markdown
-from lasan.bench.triton import parse_perf_csv, perf_analyzer_command
+from lasan.benchmarks.feed import percentile
+from lasan.benchmarks.table import Row, not_run, render_markdown
+from lasan.benchmarks.triton import parse_perf_csv, perf_analyzer_command
 
 # Written by perf_analyzer 2.51 (-f) against this project's encoder model.
 PERF_CSV = (
@@ -79,7 +79,7 @@ Inferences/Second vs. Client Average Batch Latency
 
 
 def test_composing_model_statistics_are_read_from_the_ensemble_report():
-    from lasan.bench.triton import parse_composing
+    from lasan.benchmarks.triton import parse_composing
 
     stats = parse_composing("Request concurrency: 8\n" + ENSEMBLE_LOG)
     assert set(stats) == {"encoder", "fusion"}
