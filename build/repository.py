@@ -70,6 +70,15 @@ SYNTHETIC_NOTICE = "not a medical device; synthetic-data demo model"
 TEMPLATES = Path(__file__).resolve().parent.parent / "model_repository"
 KERNEL_PACKAGE = "lasan_kernel"
 TENSORRT_TOLERANCE = {False: 1e-3, True: 3e-2}  # FP32 / FP16 engines vs eager
+_OCCLUSION = (
+    "occlusion importance: each lead's share of the drop in the predicted class's calibrated probability "
+    "when that lead is zeroed (lasan.models.served)"
+)
+IMPORTANCE_NOTE = {
+    "lasan": _OCCLUSION + "; aggregator_weights is the paper's lead-aggregator softmax",
+    "hybrid": _OCCLUSION + ", in the lead-aware branch with the foundation features of the full ECG kept; "
+    "aggregator_weights is the paper's lead-aggregator softmax",
+}
 
 
 @dataclass(frozen=True)
@@ -118,6 +127,13 @@ def served_thresholds(ckpt: LoadedCheckpoint) -> tuple[dict[str, dict[str, float
     return out, "default" if not stored else "checkpoint, with defaults for missing classes"
 
 
+def _calibration_meta(ckpt: LoadedCheckpoint) -> dict[str, Any]:
+    """What the served probabilities are calibrated with (identity, said plainly, for old checkpoints)."""
+    if not ckpt.info.calibration:
+        return {"method": "none", "temperature": 1.0, "note": "the checkpoint has no calibration; softmax as trained"}
+    return dict(ckpt.info.calibration)
+
+
 def _metadata(ckpt: LoadedCheckpoint, profile: str, thresholds: dict[str, Any], source: str) -> dict[str, Any]:
     spec = ckpt.config.input
     meta: dict[str, Any] = {
@@ -132,6 +148,8 @@ def _metadata(ckpt: LoadedCheckpoint, profile: str, thresholds: dict[str, Any], 
         "classes": list(ckpt.config.classes),
         "thresholds": thresholds,
         "thresholds_source": source,
+        "calibration": _calibration_meta(ckpt),
+        "lead_importance": IMPORTANCE_NOTE[ckpt.config.kind],
         "intended_use": (
             "research and engineering demonstration of ECG screening for ARVC and LQTS; "
             "outputs are not a diagnosis and need review by a cardiologist"
@@ -270,6 +288,7 @@ def _write_staging(
             "classes": meta["classes"],
             "thresholds": thresholds,
             "thresholds_source": source,
+            "calibration": meta["calibration"],
             "checkpoint_sha256": ckpt.sha256,
             "input_spec": meta["input_spec"],
             "model_kind": ckpt.config.kind,
@@ -308,9 +327,9 @@ def _write_staging(
 def _export_parts(
     ckpt: LoadedCheckpoint, shape: ModelShape, root: Path, options: BuildOptions, onnx: bool
 ) -> tuple[list[ExportResult], dict[str, tuple[tuple[str, ...], tuple[str, ...]]], dict[str, Any]]:
-    from lasan.build.spec import ATTENTION, FOUNDATION_FEATURES, LEAD_FEATURES, LEAD_WEIGHTS, LOGITS, MODEL_INPUT
+    from lasan.build.spec import FOUNDATION_FEATURES, FUSION_OUTPUTS, LEAD_FEATURES, MODEL_INPUT
 
-    model = ckpt.model.eval()
+    model = ckpt.served_model()  # calibration and occlusion importance are part of the exported fusion
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2, shape.n_leads, shape.n_samples, generator=gen)  # (B, leads, T)
     with torch.no_grad():  # not inference_mode: these tensors feed the ONNX tracer as examples
@@ -319,7 +338,7 @@ def _export_parts(
     enc_names = (LEAD_FEATURES, FOUNDATION_FEATURES)[: len(enc_example)]
     parts = (
         (ENCODER_MODEL, model.encoder_part(), (x,), (MODEL_INPUT,), enc_names),
-        (FUSION_MODEL, model.fusion_part(), enc_example, enc_names, (LOGITS, LEAD_WEIGHTS, ATTENTION)),
+        (FUSION_MODEL, model.fusion_part(), enc_example, enc_names, FUSION_OUTPUTS),
     )
     results: list[ExportResult] = []
     engine_names: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}

@@ -26,6 +26,7 @@ from lasan.tensor_names import (
     FUSION_MODEL,
     INPUT_ECG,
     INPUT_SAMPLING_RATE,
+    OUTPUT_AGGREGATOR_WEIGHTS,
     OUTPUT_ATTENTION,
     OUTPUT_CONFIRMATION,
     OUTPUT_LEAD_IMPORTANCE,
@@ -39,9 +40,11 @@ __all__ = [
     "MODEL_INPUT",
     "LEAD_FEATURES",
     "FOUNDATION_FEATURES",
-    "LOGITS",
-    "LEAD_WEIGHTS",
+    "PROBABILITIES",
+    "IMPORTANCE",
+    "AGGREGATOR",
     "ATTENTION",
+    "FUSION_OUTPUTS",
     "PROFILES",
     "TensorSpec",
     "EnsembleStep",
@@ -60,9 +63,13 @@ __all__ = [
 MODEL_INPUT = "model_input"  # FP32 [leads, samples]: preprocess_array output
 LEAD_FEATURES = "lead_features"  # FP32 [leads, d_model]: per-lead CNN features
 FOUNDATION_FEATURES = "foundation_features"  # FP32 [F]: hybrid only, foundation encoder features
-LOGITS = "logits"  # FP32 [classes]
-LEAD_WEIGHTS = "lead_weights"  # FP32 [leads]
+# The fusion part is lasan.models.ServedLASAN's: calibration and occlusion importance run
+# inside it (one TorchScript), so the served numbers are the in-process ones.
+PROBABILITIES = "calibrated_probabilities"  # FP32 [classes]: softmax(scale * logits + bias)
+IMPORTANCE = "occlusion_importance"  # FP32 [leads]: faithful lead importance, sums to 1
+AGGREGATOR = "aggregator_softmax"  # FP32 [leads]: the paper's lead-aggregator weights
 ATTENTION = "attention"  # FP32 [layers, heads, leads, leads]
+FUSION_OUTPUTS: tuple[str, ...] = (PROBABILITIES, IMPORTANCE, AGGREGATOR, ATTENTION)  # ServedLASAN's order
 
 PROFILES: tuple[str, ...] = ("cpu", "gpu", "jetson")
 
@@ -178,8 +185,9 @@ def repository_spec(
     if hybrid:
         enc_out.append(_fp32(FOUNDATION_FEATURES, s.foundation_dim))
     fusion_out = (
-        _fp32(LOGITS, s.n_classes),
-        _fp32(LEAD_WEIGHTS, s.n_leads),
+        _fp32(PROBABILITIES, s.n_classes),
+        _fp32(IMPORTANCE, s.n_leads),
+        _fp32(AGGREGATOR, s.n_leads),
         _fp32(ATTENTION, s.n_layers, s.n_heads, s.n_leads, s.n_leads),
     )
     ecg = _fp32(INPUT_ECG, -1, -1)
@@ -187,6 +195,7 @@ def repository_spec(
     final = (
         _fp32(OUTPUT_PROBABILITIES, s.n_classes),
         _fp32(OUTPUT_LEAD_IMPORTANCE, s.n_leads),
+        _fp32(OUTPUT_AGGREGATOR_WEIGHTS, s.n_leads),
         _fp32(OUTPUT_ATTENTION, s.n_layers, s.n_heads, s.n_leads, s.n_leads),
         TensorSpec(OUTPUT_SCREENING, "TYPE_BOOL", (s.n_classes,)),
         TensorSpec(OUTPUT_CONFIRMATION, "TYPE_BOOL", (s.n_classes,)),

@@ -161,11 +161,17 @@ class _Common:
         ecg.set_data_from_numpy(wire.ecg_mv)
         fs = module.InferInput(INPUT_SAMPLING_RATE, list(wire.sampling_rate_hz.shape), "FP32")
         fs.set_data_from_numpy(wire.sampling_rate_hz)
-        names = [n for n in ENSEMBLE_OUTPUTS if self.attention or n != OUTPUT_ATTENTION]
+        declared = self.model_info.outputs  # an older repository may lack newer outputs
+        names = [
+            n for n in ENSEMBLE_OUTPUTS if (self.attention or n != OUTPUT_ATTENTION) and (not declared or n in declared)
+        ]
         return [ecg, fs], [module.InferRequestedOutput(n) for n in names]
 
     def _decode(self, result: Any, wire: WireECG, started: float) -> Score:
-        outputs: dict[str, np.ndarray | None] = {n: result.as_numpy(n) for n in ENSEMBLE_OUTPUTS}
+        declared = self.model_info.outputs
+        outputs: dict[str, np.ndarray | None] = {
+            n: result.as_numpy(n) if not declared or n in declared else None for n in ENSEMBLE_OUTPUTS
+        }
         return decode_outputs(outputs, self.model_info, wire, (time.perf_counter() - started) * 1e3)
 
     def _note_retry(self, attempt: int, exc: BaseException, delay: float) -> None:

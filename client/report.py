@@ -98,7 +98,7 @@ def _header_lines(record: ECGRecord, score: Score, title: str | None) -> list[st
         f"screening positive: {screen}   confirmation positive: {confirm}   top leads: {top}",
         f"model {score.model_name} version {score.model_version}   recording {record.fs:g} Hz, "
         f"{record.duration_s:.1f} s, {record.acquisition.source_format}{derived}",
-        "25 mm/s   10 mm/mV   display high-pass 0.5 Hz   shading = model lead importance   "
+        "25 mm/s   10 mm/mV   display high-pass 0.5 Hz   shading = lead importance (occlusion)   "
         "Research use only: not a medical device, not a diagnosis.",
     ]
 

@@ -23,6 +23,7 @@ from lasan.leads import MODEL_LEADS, STANDARD_LEADS
 from lasan.preprocessing import leads_for_rows
 from lasan.record import ECGRecord
 from lasan.tensor_names import (
+    OUTPUT_AGGREGATOR_WEIGHTS,
     OUTPUT_ATTENTION,
     OUTPUT_CONFIRMATION,
     OUTPUT_LEAD_IMPORTANCE,
@@ -169,6 +170,7 @@ def model_info_from(metadata: Mapping[str, Any], config: Mapping[str, Any]) -> M
         thresholds=thresholds,
         disease_classes=disease,
         parameters=params,
+        outputs=tuple(str(o.get("name")) for o in metadata.get("outputs") or [] if o.get("name")),
     )
 
 
@@ -193,6 +195,12 @@ def decode_outputs(
         else:  # the server does not publish this decision: use the published threshold, if any
             cut = info.thresholds.get(point, {})
             decisions[point] = {c: probabilities[c] >= cut[c] for c in info.disease_classes if c in cut}
+    aggregator = outputs.get(OUTPUT_AGGREGATOR_WEIGHTS)
+    aggregator_weights: dict[str, float] = {}
+    if aggregator is not None:
+        values = np.asarray(aggregator, dtype=np.float64).reshape(-1)
+        if values.size == len(leads):
+            aggregator_weights = {lead: float(w) for lead, w in zip(leads, values, strict=True)}
     attention = outputs.get(OUTPUT_ATTENTION)
     if attention is not None:
         attention = np.array(attention, dtype=np.float32)
@@ -210,5 +218,6 @@ def decode_outputs(
         round_trip_ms=round_trip_ms,
         leads_sent=wire.leads,
         derived_leads=wire.derived_leads,
+        aggregator_weights=aggregator_weights,
         attention=attention,
     )

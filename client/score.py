@@ -29,6 +29,8 @@ class ModelInfo:
             when the repository does not say (decisions then come from the server only).
         disease_classes: classes that get screening / confirmation decisions.
         parameters: every string parameter of the model config, for provenance.
+        outputs: the output tensor names the ensemble declares (empty when unknown); the
+            client asks only for these, so a repository built before an output existed still works.
     """
 
     name: str
@@ -39,6 +41,7 @@ class ModelInfo:
     thresholds: dict[str, dict[str, float]] = field(default_factory=dict)
     disease_classes: tuple[str, ...] = ()
     parameters: dict[str, str] = field(default_factory=dict)
+    outputs: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -63,11 +66,15 @@ class Score:
         confirmation: ``{disease class: positive}`` at the confirmation (high-specificity) point.
         thresholds: the operating points used for the disease classes,
             ``{"screening": {class: p}, "confirmation": {class: p}}``.
-        lead_importance: ``{lead: weight}`` for the 8 model leads; weights sum to 1.
+        lead_importance: ``{lead: weight}`` for the 8 model leads, summing to 1: occlusion
+            importance, each lead's share of the drop in the predicted class's probability when
+            that lead is zeroed (what changes the decision; shown in the PDF and the ORU).
         model_name, model_version: what produced the score.
         round_trip_ms: client wall time for the call, retries included.
         leads_sent: canonical leads sent to Triton (8 model leads or the 12 standard leads).
         derived_leads: leads the client computed from others before sending (Einthoven/Goldberger).
+        aggregator_weights: ``{lead: weight}``, the paper's lead-aggregator softmax (an
+            attention weight, not evidence); empty when the served model does not return it.
         attention: inter-lead attention ``(layers, heads, 8, 8)`` (read-only), or None when
             not requested.
     """
@@ -83,6 +90,7 @@ class Score:
     round_trip_ms: float
     leads_sent: tuple[str, ...] = ()
     derived_leads: tuple[str, ...] = ()
+    aggregator_weights: dict[str, float] = field(default_factory=dict)
     attention: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def top_leads(self, k: int = 3) -> list[tuple[str, float]]:
@@ -98,6 +106,7 @@ class Score:
             "confirmation": {k: bool(v) for k, v in self.confirmation.items()},
             "thresholds": {k: {c: float(p) for c, p in v.items()} for k, v in self.thresholds.items()},
             "lead_importance": {k: float(v) for k, v in self.lead_importance.items()},
+            "aggregator_weights": {k: float(v) for k, v in self.aggregator_weights.items()},
             "model": {"name": self.model_name, "version": self.model_version},
             "timing": {"round_trip_ms": round(float(self.round_trip_ms), 3)},
             "leads_sent": list(self.leads_sent),

@@ -28,6 +28,9 @@ Helpers:
     A port that is free on 127.0.0.1 (same as :func:`lasan.build.serve.free_port`).
 ``make_tiny_checkpoint(path, kind="lasan", thresholds=True, seed=0)`` (module function)
     Write another tiny checkpoint (e.g. one without thresholds).
+``make_single_lead_checkpoint(path, lead="V2", temperature=2.0)`` (module function)
+    A tiny LASAN whose decision depends on one lead only (constructed weights, calibrated
+    with ``temperature``): occlusion importance must put (nearly) all weight on that lead.
 ``simple_ecg(rng, n_leads, fs, seconds)`` (module function)
     A quick plausible ECG array in mV (8 or 12 rows in canonical order); ``from conftest import simple_ecg``.
 """
@@ -67,7 +70,9 @@ def simple_ecg(rng: np.random.Generator, n_leads: int, fs: float, seconds: float
     return sig.astype(np.float32)
 
 
-def make_tiny_checkpoint(path: Path, kind: str = "lasan", thresholds: bool = True, seed: int = 0) -> Path:
+def make_tiny_checkpoint(
+    path: Path, kind: str = "lasan", thresholds: bool = True, seed: int = 0, calibration: dict | None = None
+) -> Path:
     """Write a tiny LASAN or hybrid checkpoint with seeded, deliberately non-uniform weights."""
     import torch
 
@@ -106,8 +111,70 @@ def make_tiny_checkpoint(path: Path, kind: str = "lasan", thresholds: bool = Tru
         last.bias.sub_(logits.mean(dim=0)).mul_(k)
     info = CheckpointInfo(
         thresholds=TINY_THRESHOLDS if thresholds else {},
+        calibration=dict(calibration or {}),
         data_summary={"synthetic": True, "description": "untrained tiny test model", "n_records": 0},
         metrics={},
+    )
+    return save_checkpoint(path, model, info)
+
+
+def make_single_lead_checkpoint(path: Path, lead: str = "V2", temperature: float = 2.0, seed: int = 0) -> Path:
+    """A tiny LASAN whose decision is a function of one lead's CNN feature only.
+
+    The inter-lead layers are made identities (zero attention and feed-forward outputs, so
+    each lead keeps its own feature), a large lead embedding in dimension 0 marks ``lead``
+    and the aggregator's key/query read only that dimension, so the aggregator puts
+    (nearly) all weight on ``lead``. The head then scores ``u . (pooled - pooled_of_a_zeroed_lead)``:
+    class ARVC when positive, LQTS when negative, 1/3 each when the lead is zeroed, so
+    zeroing ``lead`` lowers the predicted class's probability and zeroing any other lead
+    changes nothing.
+    """
+    import torch
+
+    from lasan.checkpoint import CheckpointInfo, save_checkpoint
+    from lasan.models import LASANConfig, build_model
+    from lasan.preprocessing import preprocess_array
+
+    torch.manual_seed(seed)
+    cfg = LASANConfig(cnn_channels=(8, 16, 16, 32), d_model=32, ff_dim=64, head_hidden=16, n_layers=2)
+    model = build_model(cfg).eval()
+    k = cfg.input.leads.index(lead)
+    with torch.no_grad():
+        branch = model.fusion.branch
+        for layer in branch.layers:
+            layer.attn.out_proj.weight.zero_()
+            layer.attn.out_proj.bias.zero_()
+            layer.ff[-1].weight.zero_()
+            layer.ff[-1].bias.zero_()
+        branch.lead_embedding.zero_()
+        branch.lead_embedding[k, 0] = 50.0
+        branch.query.zero_()
+        branch.query[0] = 1.0
+        branch.key.weight.zero_()
+        branch.key.bias.zero_()
+        branch.key.weight[0, 0] = 50.0
+        zero = model.encoder(torch.zeros(1, 1, cfg.input.n_samples))  # (1, 1, D): a zeroed lead's feature
+        pooled_zero = branch(zero.expand(1, cfg.n_leads, -1).contiguous())[0][0]  # (D,)
+        rng = np.random.default_rng(seed)
+        x = torch.from_numpy(np.stack([preprocess_array(simple_ecg(rng, 12, 500.0, 10.0), 500.0) for _ in range(16)]))
+        diff = branch(model.encoder(x))[0] - pooled_zero  # (16, D)
+        u = torch.randn(cfg.d_model)
+        scale = 3.0 / float((diff @ u).abs().mean().clamp_min(1e-6))  # |margin| about 3 on typical ECGs
+        first, last = model.fusion.head.net[0], model.fusion.head.net[-1]
+        first.weight.zero_()
+        first.bias.zero_()
+        first.weight[0] = scale * u
+        first.weight[1] = -scale * u
+        first.bias[0] = -scale * float(u @ pooled_zero)
+        first.bias[1] = scale * float(u @ pooled_zero)
+        last.weight.zero_()
+        last.bias.zero_()
+        last.weight[0, 0] = 1.0  # ARVC <- relu(margin)
+        last.weight[1, 1] = 1.0  # LQTS <- relu(-margin)
+    info = CheckpointInfo(
+        thresholds=TINY_THRESHOLDS,
+        calibration={"method": "temperature", "temperature": float(temperature), "fitted_on": "constructed"},
+        data_summary={"synthetic": True, "description": f"constructed: decision depends on {lead} only"},
     )
     return save_checkpoint(path, model, info)
 

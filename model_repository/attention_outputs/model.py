@@ -1,7 +1,9 @@
-"""Triton python-backend model ``attention_outputs``: logits -> what a clinician sees.
+"""Triton python-backend model ``attention_outputs``: the fusion's outputs -> what a clinician sees.
 
-Softmax probabilities, the 8 lead-importance weights and the inter-lead attention map
-(passed through), and decisions at the screening and confirmation thresholds that
+The fusion part (``lasan.models.ServedLASAN``) already returns calibrated probabilities,
+the occlusion lead importance, the paper's aggregator weights and the inter-lead
+attention; they are passed through unchanged, and decisions are added at the screening
+and confirmation thresholds (chosen on calibrated validation probabilities) that
 ``lasan build`` wrote into this model's parameters. Needs numpy only.
 """
 
@@ -19,17 +21,19 @@ class TritonPythonModel:
         thresholds = json.loads(params["thresholds"])
         self._screening = np.array([thresholds["screening"][c] for c in classes], dtype=np.float32)
         self._confirmation = np.array([thresholds["confirmation"][c] for c in classes], dtype=np.float32)
-        self._logits, self._weights, self._attention = (t["name"] for t in config["input"])
+        # Inputs in the spec's order: probabilities, importance, aggregator weights, attention.
+        self._inputs = [t["name"] for t in config["input"]]
         self._out = [(t["name"], pb_utils.triton_string_to_numpy(t["data_type"])) for t in config["output"]]
 
     def _one(self, request):
-        logits = pb_utils.get_input_tensor_by_name(request, self._logits).as_numpy().astype(np.float64)
-        z = np.exp(logits - logits.max(axis=-1, keepdims=True))
-        probs = (z / z.sum(axis=-1, keepdims=True)).astype(np.float32)  # (B, classes)
+        probs, importance, aggregator, attention = (
+            pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in self._inputs
+        )
         values = (
             probs,
-            pb_utils.get_input_tensor_by_name(request, self._weights).as_numpy(),
-            pb_utils.get_input_tensor_by_name(request, self._attention).as_numpy(),
+            importance,
+            aggregator,
+            attention,
             probs >= self._screening,
             probs >= self._confirmation,
         )

@@ -84,7 +84,7 @@ def test_metadata_describes_the_model(cpu_repository: Path, tiny_lasan_checkpoin
 
 
 def test_exported_torchscript_matches_eager(cpu_repository: Path, tiny_lasan_checkpoint: Path):
-    model = load_checkpoint(tiny_lasan_checkpoint).model
+    model = load_checkpoint(tiny_lasan_checkpoint).served_model()
     x = torch.randn(3, 8, 2500)
     encoder = torch.jit.load(str(cpu_repository / ENCODER_MODEL / "1" / "model.pt"))
     fusion = torch.jit.load(str(cpu_repository / FUSION_MODEL / "1" / "model.pt"))
@@ -99,7 +99,11 @@ def test_onnx_exports_have_named_tensors_and_dynamic_batch(cpu_repository: Path)
     onnx = pytest.importorskip("onnx")
     for name, ins, outs in (
         (ENCODER_MODEL, ["model_input"], ["lead_features"]),
-        (FUSION_MODEL, ["lead_features"], ["logits", "lead_weights", "attention"]),
+        (
+            FUSION_MODEL,
+            ["lead_features"],
+            ["calibrated_probabilities", "occlusion_importance", "aggregator_softmax", "attention"],
+        ),
     ):
         graph = onnx.load(str(cpu_repository / name / "1" / "model.onnx")).graph
         assert [i.name for i in graph.input] == ins

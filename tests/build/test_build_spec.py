@@ -182,7 +182,7 @@ def test_tensorrt_profile_uses_the_engines_own_tensor_names():
     # Names as torch-tensorrt leaves them in the engines; the ensemble maps them to ours.
     engines = {
         ENCODER_MODEL: (("x",), ("output0",)),
-        FUSION_MODEL: (("lead_features",), ("output0", "output1", "output2")),
+        FUSION_MODEL: (("lead_features",), ("output0", "output1", "output2", "output3")),
     }
     specs = repository_spec(LASAN_SHAPE, BuildOptions(profile="jetson", engines=True, fp16=True), {}, engines)
     check_repository_spec(specs)
@@ -193,7 +193,12 @@ def test_tensorrt_profile_uses_the_engines_own_tensor_names():
     assert [t.name for t in enc.input] == ["x"]
     steps = by[ENSEMBLE_MODEL].steps
     assert steps[1].input_map == {"x": MODEL_INPUT}
-    assert steps[2].output_map == {"output0": "logits", "output1": "lead_weights", "output2": "attention"}
+    assert steps[2].output_map == {
+        "output0": "calibrated_probabilities",
+        "output1": "occlusion_importance",
+        "output2": "aggregator_softmax",
+        "output3": "attention",
+    }
     # The python-backend models stay on the CPU (python-backend GPU instances are not supported on Jetson).
     assert to_config(by[PREPROCESS_MODEL]).instance_group[0].kind == pb.ModelInstanceGroup.KIND_CPU
     assert to_config(by[OUTPUTS_MODEL]).instance_group[0].kind == pb.ModelInstanceGroup.KIND_CPU

@@ -1,6 +1,9 @@
 """The served ensemble equals the in-process checkpoint (real Triton, real gRPC), batched or not.
 
-In-process reference = lasan.preprocessing.preprocess_array + the checkpoint's model + softmax.
+In-process reference = lasan.preprocessing.preprocess_array + ``checkpoint.served_model()``
+(calibration and occlusion importance included). Three servers: the session's tiny LASAN
+(no calibration stored: an old checkpoint, served with T = 1), a calibrated tiny hybrid,
+and a constructed LASAN whose decision depends on lead V2 only (calibrated, T = 2).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import simple_ecg
+from conftest import make_single_lead_checkpoint, make_tiny_checkpoint, simple_ecg
 
 from lasan.build.repository import build_repository
 from lasan.build.serve import TritonServer, free_port
@@ -27,6 +30,7 @@ from lasan.tensor_names import (
     ENSEMBLE_MODEL,
     INPUT_ECG,
     INPUT_SAMPLING_RATE,
+    OUTPUT_AGGREGATOR_WEIGHTS,
     OUTPUT_ATTENTION,
     OUTPUT_CONFIRMATION,
     OUTPUT_LEAD_IMPORTANCE,
@@ -78,12 +82,14 @@ ECGS = _ecgs()
 
 
 def _reference(model: torch.nn.Module, spec, signal: np.ndarray, fs: float) -> dict[str, np.ndarray]:
+    """In-process outputs of a :class:`lasan.models.ServedLASAN` for one ECG."""
     x = torch.from_numpy(preprocess_array(signal, fs, None, spec))[None]  # (1, 8, T)
     with torch.inference_mode():
-        logits, weights, attention = model(x)
+        probs, importance, aggregator, attention = model(x)
     return {
-        OUTPUT_PROBABILITIES: torch.softmax(logits, -1)[0].numpy(),
-        OUTPUT_LEAD_IMPORTANCE: weights[0].numpy(),
+        OUTPUT_PROBABILITIES: probs[0].numpy(),
+        OUTPUT_LEAD_IMPORTANCE: importance[0].numpy(),
+        OUTPUT_AGGREGATOR_WEIGHTS: aggregator[0].numpy(),
         OUTPUT_ATTENTION: attention[0].numpy(),
     }
 
@@ -96,7 +102,15 @@ def _inputs(batch: np.ndarray, rates: np.ndarray) -> list:
     return [ecg, fs]
 
 
-OUTPUTS = (OUTPUT_PROBABILITIES, OUTPUT_LEAD_IMPORTANCE, OUTPUT_ATTENTION, OUTPUT_SCREENING, OUTPUT_CONFIRMATION)
+OUTPUTS = (
+    OUTPUT_PROBABILITIES,
+    OUTPUT_LEAD_IMPORTANCE,
+    OUTPUT_AGGREGATOR_WEIGHTS,
+    OUTPUT_ATTENTION,
+    OUTPUT_SCREENING,
+    OUTPUT_CONFIRMATION,
+)
+FLOAT_OUTPUTS = (OUTPUT_PROBABILITIES, OUTPUT_LEAD_IMPORTANCE, OUTPUT_AGGREGATOR_WEIGHTS, OUTPUT_ATTENTION)
 
 
 def _infer(client, signal: np.ndarray, fs: float) -> dict[str, np.ndarray]:
@@ -105,7 +119,7 @@ def _infer(client, signal: np.ndarray, fs: float) -> dict[str, np.ndarray]:
 
 
 def _assert_parity(served: dict[str, np.ndarray], ref: dict[str, np.ndarray], thresholds: dict, classes, what: str):
-    for name in (OUTPUT_PROBABILITIES, OUTPUT_LEAD_IMPORTANCE, OUTPUT_ATTENTION):
+    for name in FLOAT_OUTPUTS:
         np.testing.assert_allclose(served[name], ref[name], atol=ATOL, rtol=0, err_msg=f"{what}: {name}")
     probs = served[OUTPUT_PROBABILITIES]
     assert served[OUTPUT_SCREENING].dtype == np.bool_
@@ -118,57 +132,107 @@ def _assert_parity(served: dict[str, np.ndarray], ref: dict[str, np.ndarray], th
 @pytest.fixture(scope="module")
 def lasan_case(triton_server):
     ckpt = load_checkpoint(triton_server.checkpoint)
+    assert not ckpt.info.calibration  # the session's checkpoint stands for one written before calibration
     client = grpcclient.InferenceServerClient(triton_server.grpc_url)
-    yield client, ckpt
+    yield client, ckpt, ckpt.served_model()
     client.close()
 
 
-@pytest.fixture(scope="module")
-def hybrid_case(tiny_hybrid_checkpoint: Path, tmp_path_factory) -> Iterator[tuple]:
-    repo = build_repository(tiny_hybrid_checkpoint, tmp_path_factory.mktemp("hybrid") / "repo", onnx=False)
+def _serve(checkpoint: Path, tmp_path_factory, name: str) -> Iterator[tuple]:
+    repo = build_repository(checkpoint, tmp_path_factory.mktemp(name) / "repo", onnx=False)
     server = TritonServer(
         repo,
         http_port=free_port(),
         grpc_port=free_port(),
         metrics_port=free_port(),
-        work_dir=tmp_path_factory.mktemp("hybrid_triton"),
+        work_dir=tmp_path_factory.mktemp(f"{name}_triton"),
     )
     with server:
         client = grpcclient.InferenceServerClient(server.grpc_url)
-        yield client, load_checkpoint(tiny_hybrid_checkpoint)
+        ckpt = load_checkpoint(checkpoint)
+        yield client, ckpt, ckpt.served_model()
         client.close()
+
+
+@pytest.fixture(scope="module")
+def hybrid_case(tmp_path_factory) -> Iterator[tuple]:
+    # Vector scaling (per-class scale and bias) exercises the general calibration path.
+    calibration = {"method": "vector", "scale": [0.6, 1.4, 0.9], "bias": [0.2, -0.1, 0.0], "fitted_on": "test"}
+    path = make_tiny_checkpoint(
+        tmp_path_factory.mktemp("ckpt") / "hybrid_cal.pt", "hybrid", seed=1, calibration=calibration
+    )
+    yield from _serve(path, tmp_path_factory, "hybrid")
+
+
+@pytest.fixture(scope="module")
+def single_lead_case(tmp_path_factory) -> Iterator[tuple]:
+    path = make_single_lead_checkpoint(tmp_path_factory.mktemp("ckpt") / "v2_only.pt", "V2", temperature=2.0)
+    yield from _serve(path, tmp_path_factory, "v2_only")
 
 
 @pytest.mark.parametrize("name,signal,fs", ECGS, ids=[c[0] for c in ECGS])
 def test_lasan_ensemble_matches_in_process(lasan_case, name, signal, fs):
-    client, ckpt = lasan_case
+    client, ckpt, model = lasan_case
     served = _infer(client, signal, fs)
-    ref = _reference(ckpt.model, ckpt.config.input, signal, fs)
+    ref = _reference(model, ckpt.config.input, signal, fs)
     _assert_parity(served, ref, ckpt.info.thresholds, ckpt.config.classes, name)
 
 
 def test_outputs_are_not_degenerate(lasan_case):
     # Parity would be hollow if every ECG gave the same numbers.
-    client, _ = lasan_case
+    client, _, _ = lasan_case
     served = [_infer(client, s, fs) for _, s, fs in ECGS[:3]]
     probs = np.stack([s[OUTPUT_PROBABILITIES] for s in served])
-    weights = np.stack([s[OUTPUT_LEAD_IMPORTANCE] for s in served])
     assert np.ptp(probs, axis=0).max() > 1e-3
-    assert np.ptp(weights, axis=1).min() > 1e-2  # lead importance is not uniform
-    np.testing.assert_allclose(weights.sum(axis=1), 1.0, atol=1e-5)
+    for name in (OUTPUT_LEAD_IMPORTANCE, OUTPUT_AGGREGATOR_WEIGHTS):
+        weights = np.stack([s[name] for s in served])
+        assert np.ptp(weights, axis=1).min() > 1e-2, name  # not uniform
+        assert (weights >= 0).all(), name
+        np.testing.assert_allclose(weights.sum(axis=1), 1.0, atol=1e-5, err_msg=name)
 
 
 @pytest.mark.parametrize("idx", [0, len(ECGS) - 1], ids=["synthetic", "mortara"])
 def test_hybrid_ensemble_matches_in_process(hybrid_case, idx):
-    client, ckpt = hybrid_case
+    client, ckpt, model = hybrid_case
     name, signal, fs = ECGS[idx]
     served = _infer(client, signal, fs)
-    ref = _reference(ckpt.model, ckpt.config.input, signal, fs)
+    ref = _reference(model, ckpt.config.input, signal, fs)
     _assert_parity(served, ref, ckpt.info.thresholds, ckpt.config.classes, f"hybrid {name}")
+    # The calibration is really applied: the plain softmax of the same logits differs.
+    x = torch.from_numpy(preprocess_array(signal, fs, None, ckpt.config.input))[None]
+    with torch.inference_mode():
+        plain = torch.softmax(ckpt.model(x)[0], -1)[0].numpy()
+    assert np.abs(plain - served[OUTPUT_PROBABILITIES]).max() > 1e-3
+
+
+@pytest.mark.parametrize("idx", [0, 1, 3, len(ECGS) - 1], ids=lambda i: ECGS[i][0])
+def test_importance_follows_the_one_lead_that_decides(single_lead_case, idx):
+    # Served and in-process agree, and both put (nearly) all importance on V2, the only lead
+    # whose removal changes the decision; zeroing another lead in mV changes no probability.
+    client, ckpt, model = single_lead_case
+    name, signal, fs = ECGS[idx]
+    served = _infer(client, signal, fs)
+    ref = _reference(model, ckpt.config.input, signal, fs)
+    _assert_parity(served, ref, ckpt.info.thresholds, ckpt.config.classes, f"V2-only {name}")
+    v2 = ckpt.config.input.leads.index("V2")
+    for importance in (served[OUTPUT_LEAD_IMPORTANCE], ref[OUTPUT_LEAD_IMPORTANCE]):
+        assert int(np.argmax(importance)) == v2
+        assert importance[v2] > 0.95, importance
+    canonical = list(STANDARD_LEADS if signal.shape[0] == 12 else ckpt.config.input.leads)
+    for lead in ("I", "V5"):
+        occluded = signal.copy()
+        occluded[canonical.index(lead)] = 0.0
+        np.testing.assert_allclose(
+            _infer(client, occluded, fs)[OUTPUT_PROBABILITIES], served[OUTPUT_PROBABILITIES], atol=1e-4
+        )
+    occluded = signal.copy()
+    occluded[canonical.index("V2")] = 0.0
+    c = int(np.argmax(served[OUTPUT_PROBABILITIES]))
+    assert _infer(client, occluded, fs)[OUTPUT_PROBABILITIES][c] < served[OUTPUT_PROBABILITIES][c] - 0.05
 
 
 def test_batch_dimension_in_one_request_equals_single_requests(lasan_case):
-    client, _ = lasan_case
+    client, _, _ = lasan_case
     rng = np.random.default_rng(5)
     batch = np.stack([simple_ecg(rng, 12, 500.0, 6.0) for _ in range(3)])
     rates = np.full((3, 1), 500.0, dtype=np.float32)
@@ -185,7 +249,7 @@ def _preprocess_stats(client) -> tuple[int, int]:
 
 
 def test_concurrent_requests_are_batched_and_equal_single_ones(lasan_case):
-    client, _ = lasan_case
+    client, _, _ = lasan_case
     rng = np.random.default_rng(11)
     signals = [simple_ecg(rng, 12, 500.0, 10.0) for _ in range(8)]
     singles = [_infer(client, s, 500.0) for s in signals]
@@ -232,7 +296,7 @@ BAD_REQUESTS = [
 
 @pytest.mark.parametrize("what,make,fs,message", BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS])
 def test_bad_request_gets_a_clear_error_and_the_server_keeps_serving(lasan_case, what, make, fs, message):
-    client, ckpt = lasan_case
+    client, ckpt, model = lasan_case
     good = ECGS[0][1]
     with pytest.raises(InferenceServerException) as err:
         client.infer(ENSEMBLE_MODEL, _inputs(make(good)[None], np.array([[fs]])))
@@ -241,7 +305,7 @@ def test_bad_request_gets_a_clear_error_and_the_server_keeps_serving(lasan_case,
     served = _infer(client, good, 500.0)
     _assert_parity(
         served,
-        _reference(ckpt.model, ckpt.config.input, good, 500.0),
+        _reference(model, ckpt.config.input, good, 500.0),
         ckpt.info.thresholds,
         ckpt.config.classes,
         "after a bad request",
@@ -249,7 +313,7 @@ def test_bad_request_gets_a_clear_error_and_the_server_keeps_serving(lasan_case,
 
 
 def test_wrong_rank_is_refused_by_triton(lasan_case):
-    client, _ = lasan_case
+    client, _, _ = lasan_case
     flat = np.zeros((1, 5000), dtype=np.float32)  # [batch, samples]: no lead axis
     with pytest.raises(InferenceServerException) as err:
         client.infer(ENSEMBLE_MODEL, _inputs(flat, np.array([[500.0]])))
@@ -258,7 +322,7 @@ def test_wrong_rank_is_refused_by_triton(lasan_case):
 
 
 def test_bad_request_in_a_batch_fails_only_its_own_request(lasan_case):
-    client, _ = lasan_case
+    client, _, _ = lasan_case
     good = ECGS[0][1]
     bad = good.copy()
     bad[0, 0] = np.nan

@@ -25,14 +25,15 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def reference(triton_server):
-    """In-process scores from the checkpoint Triton serves: (probabilities, lead weights)."""
+    """In-process scores of the served model: (probabilities, lead importance, aggregator weights)."""
     ckpt = load_checkpoint(triton_server.checkpoint)
+    model = ckpt.served_model()
 
-    def run(record: ECGRecord) -> tuple[np.ndarray, np.ndarray]:
+    def run(record: ECGRecord) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         x = torch.from_numpy(preprocess(record, ckpt.config.input))[None]  # (1, 8, 2500)
         with torch.no_grad():
-            logits, weights, _ = ckpt.model(x)
-        return torch.softmax(logits, dim=-1)[0].numpy(), weights[0].numpy()
+            probs, importance, aggregator, _ = model(x)
+        return probs[0].numpy(), importance[0].numpy(), aggregator[0].numpy()
 
     return run
 
@@ -44,9 +45,10 @@ def scorer(triton_server):
 
 
 def _check(score, reference, record) -> None:
-    probs, weights = reference(record)
+    probs, importance, aggregator = reference(record)
     np.testing.assert_allclose(list(score.probabilities.values()), probs, atol=1e-4)
-    np.testing.assert_allclose([score.lead_importance[lead] for lead in MODEL_LEADS], weights, atol=1e-4)
+    np.testing.assert_allclose([score.lead_importance[lead] for lead in MODEL_LEADS], importance, atol=1e-4)
+    np.testing.assert_allclose([score.aggregator_weights[lead] for lead in MODEL_LEADS], aggregator, atol=1e-4)
     assert score.predicted_class == list(score.probabilities)[int(np.argmax(probs))]
 
 
