@@ -3,10 +3,17 @@
 Evaluates on the TEST split of the manifest (the same patient-level split function and
 seed as training, read from the checkpoint) or on ``--split all`` rows for an external
 dataset, and writes a report folder (see :mod:`lasan.train.report`): AUROCs with
-patient-bootstrap CIs, confusion matrix, calibration, the stored operating points'
-sensitivity/specificity, lead masking vs attention importance, and two baselines
-(clinical features + logistic regression, a plain channels-CNN) trained on the train
-split of the same manifest (or of ``--baseline-data``).
+patient-bootstrap CIs, confusion matrix, calibration before/after the checkpoint's
+temperature (ECE with CIs, reliability plots) on test and on the external-validation site,
+the stored operating points' sensitivity/specificity with CIs on both, faithfulness of the
+served lead importance to input-level occlusion (:mod:`lasan.train.faithfulness`), the
+share of independent neurokit2 normal ECGs with no disease flagged
+(:mod:`lasan.train.independent_normals`), lead masking vs attention importance, and two
+baselines (clinical features + logistic regression, a plain channels-CNN) trained on the
+train split of the same manifest (or of ``--baseline-data``).
+
+LASAN's probabilities in the report are the served (calibrated) ones,
+``LoadedCheckpoint.served_model()``; "before calibration" numbers use the same model at T = 1.
 """
 
 from __future__ import annotations
@@ -28,8 +35,16 @@ from lasan.preprocessing import InputSpec
 from lasan.train.baselines import CNNTrainConfig, PlainCNN, fit_logistic, train_plain_cnn
 from lasan.train.clinical_features import FEATURE_NAMES, feature_matrix
 from lasan.train.dataset import ECGArrays
+from lasan.train.faithfulness import (
+    faithfulness_summary,
+    gallery_entries,
+    gallery_indices,
+    input_occlusion,
+    served_predict,
+)
+from lasan.train.independent_normals import NormalsSpec, normals_at_operating_points, simulate_normals
 from lasan.train.masking import attention_importance, compare_with_attention, lead_masking, masking_contrast, predict
-from lasan.train.metrics import disease_classes
+from lasan.train.metrics import disease_classes, ece_with_ci, patient_bootstrap, reliability_curve, sens_spec_at
 from lasan.train.operating_points import choose_operating_points, evaluate_operating_points
 from lasan.train.report import (
     REAL_DATA_CAVEAT,
@@ -41,7 +56,16 @@ from lasan.train.report import (
     write_report,
 )
 
-__all__ = ["configure", "run", "EvaluationData", "evaluate", "load_evaluation_data"]
+__all__ = [
+    "configure",
+    "run",
+    "EvaluationData",
+    "TrustOptions",
+    "evaluate",
+    "load_evaluation_data",
+    "calibration_block",
+    "operating_points_with_ci",
+]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +83,18 @@ class EvaluationData:
     manifest: str
     train: ECGArrays | None = None  # baselines are fitted here
     val: ECGArrays | None = None  # operating points (if the checkpoint has none) and CNN early stopping
+    test_rows: tuple[Any, ...] = ()  # manifest rows of ``test``, for input-level occlusion (raw mV files)
+    external: ECGArrays | None = None  # the external-validation site (manifest holdout=external)
+
+
+@dataclass(frozen=True)
+class TrustOptions:
+    """What the trust sections of the report compute (faithfulness, independent normals)."""
+
+    faithfulness: bool = True
+    gallery: int = 6  # ECGs drawn at random from the evaluated split for the gallery
+    normals: NormalsSpec | None = None  # None: skip the neurokit2 check (about 1-2 s per simulated ECG)
+    normals_cache: str | None = None  # folder for the simulated normals (.npz)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -84,6 +120,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--cache-dir", default=None, help="preprocessed-array cache (default: the training cache)")
     parser.add_argument(
+        "--faithfulness",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="measure lead importance against input-level occlusion (reads the ECG files again)",
+    )
+    parser.add_argument("--gallery", type=int, default=6, help="ECGs drawn at random for the importance gallery")
+    parser.add_argument(
+        "--normals", type=int, default=100, help="neurokit2 normal ECGs for the specificity check (0 skips it)"
+    )
+    parser.add_argument("--normals-seed", type=int, default=NormalsSpec.seed, help="seed of the neurokit2 normals")
+    parser.add_argument(
         "--threads",
         type=int,
         default=1,
@@ -107,7 +154,7 @@ def _split_rows(rows: list[Any], seed: int) -> dict[str, list[Any]]:
 
     parts = split_patients(rows, seed=seed)
     check_no_leakage(parts)
-    return {name: list(getattr(parts, name)) for name in ("train", "val", "test")}
+    return {name: list(getattr(parts, name, ())) for name in ("train", "val", "test", "external")}
 
 
 def load_evaluation_data(
@@ -139,6 +186,8 @@ def load_evaluation_data(
     if not test_rows:
         raise ConfigError(f"no ECGs to evaluate in {manifest} (split {split!r})")
     test = load_arrays(test_rows, spec, classes, cache_dir, base_dir, progress=True)
+    external_rows = parts.get("external") or []
+    external = load_arrays(external_rows, spec, classes, cache_dir, base_dir) if external_rows else None
     train = val = None
     if baseline_manifest is not None:
         bpath = Path(baseline_manifest)
@@ -148,7 +197,7 @@ def load_evaluation_data(
         val = load_arrays(parts["val"], spec, classes, cache_dir, bpath.parent, progress=True)
     elif parts:
         val = load_arrays(parts["val"], spec, classes, cache_dir, base_dir, progress=True)
-    return EvaluationData(test, split, str(manifest), train, val)
+    return EvaluationData(test, split, str(manifest), train, val, tuple(test_rows), external)
 
 
 def _cnn_baseline(ckpt: LoadedCheckpoint, data: EvaluationData, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
@@ -181,8 +230,110 @@ def _cnn_baseline(ckpt: LoadedCheckpoint, data: EvaluationData, seed: int) -> tu
     return probs, {"architecture": "8 leads as channels, LASAN's CNN widths, no lead attention", **history}
 
 
+def calibration_block(
+    raw: np.ndarray, calibrated: np.ndarray, y: np.ndarray, groups: np.ndarray, n_boot: int, seed: int
+) -> dict[str, Any]:
+    """ECE before (T = 1) and after calibration, each with a patient-bootstrap CI, and both reliability curves."""
+    return {
+        "n_ecgs": int(len(y)),
+        "n_patients": int(len(set(groups.tolist()))),
+        "before": ece_with_ci(y, raw, groups, n_boot, seed),
+        "after": ece_with_ci(y, calibrated, groups, n_boot, seed),
+        "reliability_before": reliability_curve(y, raw, 15),
+        "reliability_after": reliability_curve(y, calibrated, 15),
+    }
+
+
+def operating_points_with_ci(
+    thresholds: dict[str, dict[str, float]],
+    probs: np.ndarray,
+    y: np.ndarray,
+    groups: np.ndarray,
+    classes: tuple[str, ...],
+    n_boot: int,
+    seed: int,
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """:func:`evaluate_operating_points` plus patient-bootstrap CIs of sensitivity and specificity."""
+    point_estimates = evaluate_operating_points(thresholds, probs, y, classes)
+    keys = [(point, cls) for point, per_class in point_estimates.items() for cls in per_class]
+
+    def stat(idx: np.ndarray) -> dict[str, float]:
+        out = {}
+        for point, cls in keys:
+            k = classes.index(cls)
+            v = sens_spec_at(y[idx] == k, probs[idx, k], thresholds[point][cls])
+            out[f"{point}|{cls}|sensitivity"], out[f"{point}|{cls}|specificity"] = v["sensitivity"], v["specificity"]
+        return out
+
+    cis = patient_bootstrap(stat, groups, n_boot, seed) if keys else {}
+    for point, cls in keys:
+        for m in ("sensitivity", "specificity"):
+            ci = cis[f"{point}|{cls}|{m}"]
+            point_estimates[point][cls][f"{m}_ci"] = [ci.low, ci.high]
+    return point_estimates
+
+
+def _faithfulness(
+    served: Any,
+    data: EvaluationData,
+    classes: tuple[str, ...],
+    n_boot: int,
+    seed: int,
+    gallery: int,
+    reference: np.ndarray,
+) -> dict[str, Any]:
+    from lasan.formats import read_ecg
+
+    spec = served.config.input
+    records = [read_ecg(Path(row.path)) for row in data.test_rows]
+    outputs, occluded = input_occlusion(records, lambda x: served_predict(served, x), spec)
+    summary = faithfulness_summary(
+        outputs, occluded, data.test.y, np.asarray(data.test.patient_ids), classes, n_boot, seed
+    )
+    names = [Path(row.path).name for row in data.test_rows]
+    entries = gallery_entries(
+        gallery_indices(len(records), gallery, seed), names, data.test.y, outputs, summary, classes, spec.leads
+    )
+    per = summary.pop("per_ecg")
+    return summary | {
+        "method": "each model lead zeroed in the mV record, re-preprocessed and rescored by the served model",
+        # The files re-read here must give the cached arrays' probabilities: same reader, same preprocessing.
+        "max_abs_diff_vs_cached_inputs": float(np.max(np.abs(outputs.probs - reference))) if len(reference) else 0.0,
+        "per_ecg": {
+            "file": names,
+            "spearman": per["lead_importance_spearman_predicted"],
+            "max_weight": per["lead_importance_max_weight"],
+        },
+        "gallery": entries,
+    }
+
+
+def _normals(
+    served: Any, thresholds: dict[str, dict[str, float]], classes: tuple[str, ...], trust: TrustOptions
+) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    from lasan.preprocessing import preprocess
+
+    assert trust.normals is not None
+    records = simulate_normals(trust.normals, trust.normals_cache)
+    x = np.stack([preprocess(r, served.config.input) for r in records])
+    out = served_predict(served, x)
+    return {
+        "generator": records[0].acquisition.device,
+        "spec": asdict(trust.normals),
+        **normals_at_operating_points(out.probs, thresholds, classes),
+        "mean_max_lead_importance": float(out.importance.max(axis=1).mean()),
+    }
+
+
 def evaluate(
-    ckpt: LoadedCheckpoint, data: EvaluationData, n_boot: int = 1000, seed: int = 0, baselines: bool = True
+    ckpt: LoadedCheckpoint,
+    data: EvaluationData,
+    n_boot: int = 1000,
+    seed: int = 0,
+    baselines: bool = True,
+    trust: TrustOptions = TrustOptions(),
 ) -> dict[str, Any]:
     """Compute every number of the report (see :mod:`lasan.train.report` for the layout).
 
@@ -204,10 +355,12 @@ def evaluate(
         lap, clock[0] = now - clock[0], now
         return round(lap, 2)
 
-    preds = predict(model, test.x)
-    models: dict[str, Any] = {MODEL_NAME: model_block(preds.probs, test.y, groups, classes, n_boot, seed)}
+    preds = predict(model, test.x)  # T = 1: "before calibration"; lead_weights = the aggregator softmax
+    served = ckpt.served_model()
+    served_test = served_predict(served, test.x)  # what the deployment returns
+    models: dict[str, Any] = {MODEL_NAME: model_block(served_test.probs, test.y, groups, classes, n_boot, seed)}
     timings["model_and_bootstrap"] = _lap()
-    all_probs = {MODEL_NAME: preds.probs}
+    all_probs = {MODEL_NAME: served_test.probs}
     baseline_info: dict[str, Any] = {}
     if baselines and data.train is not None and data.val is not None and len(data.train):
         log.info("fitting the clinical-feature baseline on %d training ECGs", len(data.train))
@@ -238,13 +391,44 @@ def evaluate(
     thresholds = ckpt.info.thresholds or {}
     thresholds_source = "checkpoint (chosen on validation during training)"
     if not any(thresholds.get(k) for k in ("screening", "confirmation")) and data.val is not None and len(data.val):
-        thresholds = choose_operating_points(predict(model, data.val.x).probs, data.val.y, classes)
-        thresholds_source = "chosen now on the validation split (the checkpoint had none)"
+        thresholds = choose_operating_points(served_predict(served, data.val.x).probs, data.val.y, classes)
+        thresholds_source = "chosen now on calibrated validation probabilities (the checkpoint had none)"
     operating = {
         "source": thresholds_source,
         "thresholds": thresholds,
-        "test": evaluate_operating_points(thresholds, preds.probs, test.y, classes),
+        "test": operating_points_with_ci(thresholds, served_test.probs, test.y, groups, classes, n_boot, seed),
     }
+    calibration = {
+        "stored": dict(ckpt.info.calibration),
+        "temperature": ckpt.info.temperature,
+        "test": calibration_block(preds.probs, served_test.probs, test.y, groups, n_boot, seed),
+    }
+    external: dict[str, Any] | None = None
+    ext = data.external
+    if ext is not None and len(ext):
+        ext_groups = np.asarray(ext.patient_ids)
+        ext_probs = served_predict(served, ext.x).probs
+        calibration["external"] = calibration_block(
+            predict(model, ext.x).probs, ext_probs, ext.y, ext_groups, n_boot, seed
+        )
+        operating["external"] = operating_points_with_ci(
+            thresholds, ext_probs, ext.y, ext_groups, classes, n_boot, seed
+        )
+        external = {
+            "n_ecgs": len(ext),
+            "n_patients": len(set(ext.patient_ids)),
+            "class_counts": ext.counts(),
+            "metrics": model_block(ext_probs, ext.y, ext_groups, classes, n_boot, seed)["metrics"],
+        }
+    timings["calibration_and_operating_points"] = _lap()
+    faithfulness = None
+    if trust.faithfulness and data.test_rows:
+        faithfulness = _faithfulness(served, data, classes, n_boot, seed, trust.gallery, served_test.probs)
+        timings["faithfulness"] = _lap()
+    normals = None
+    if trust.normals is not None:
+        normals = _normals(served, thresholds, classes, trust)
+        timings["independent_normals"] = _lap()
 
     _lap()  # operating points are cheap; start the masking clock here
     masking = lead_masking(model, test.x, test.y, classes, spec.leads)
@@ -283,6 +467,10 @@ def evaluate(
         "macro_auroc_differences": paired_differences(MODEL_NAME, all_probs, test.y, groups, classes, n_boot, seed),
         "baselines": baseline_info,
         "operating_points": operating,
+        "calibration": calibration,
+        "external": external,
+        "faithfulness": faithfulness,
+        "independent_normals": normals,
         "lead_masking": masking,
         "masking_finding": finding,
         "timings_s": timings,
@@ -322,7 +510,13 @@ def run(args: argparse.Namespace) -> int:
     data = load_evaluation_data(
         args.data, args.split, ckpt.config.input, tuple(ckpt.config.classes), split_seed, cache_dir, baseline_manifest
     )
-    report = evaluate(ckpt, data, n_boot=args.bootstrap, seed=args.seed, baselines=args.baselines)
+    trust = TrustOptions(
+        faithfulness=args.faithfulness,
+        gallery=args.gallery,
+        normals=NormalsSpec(n=args.normals, seed=args.normals_seed) if args.normals > 0 else None,
+        normals_cache=str(cache_dir),
+    )
+    report = evaluate(ckpt, data, n_boot=args.bootstrap, seed=args.seed, baselines=args.baselines, trust=trust)
     write_report(report, out)
     lasan_macro = report["models"][MODEL_NAME]["metrics"]["macro_auroc"]
     print(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
 
@@ -31,6 +32,8 @@ __all__ = [
     "sens_spec_at",
     "summary_metrics",
     "patient_bootstrap",
+    "ece_with_ci",
+    "wilson_interval",
 ]
 
 
@@ -240,3 +243,36 @@ def patient_bootstrap(
             lo, hi = np.quantile(vals, [alpha, 1.0 - alpha])
             out[k] = CI(float(est), float(lo), float(hi), int(vals.size))
     return out
+
+
+def ece_with_ci(
+    y: np.ndarray, probs: np.ndarray, groups: np.ndarray, n_boot: int = 1000, seed: int = 0, n_bins: int = 15
+) -> dict[str, float | int]:
+    """Top-label ECE with a percentile patient-bootstrap CI, as ``CI.to_dict()``.
+
+    ECE is biased upwards on small samples (every bin's |accuracy - confidence| is at
+    least its sampling noise), so the interval says how far the estimate can be trusted,
+    not that the true ECE lies inside it.
+    """
+    y = np.asarray(y)
+    probs = np.asarray(probs, dtype=np.float64)
+    cis = patient_bootstrap(
+        lambda idx: {"ece": expected_calibration_error(y[idx], probs[idx], n_bins)}, groups, n_boot, seed
+    )
+    return cis["ece"].to_dict()
+
+
+def wilson_interval(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion; ``(nan, nan)`` when ``n`` is 0.
+
+    Used for shares of independent ECGs (one simulated ECG per "patient"), where it keeps
+    its coverage near 0 and 1, unlike the normal approximation.
+    """
+    if n <= 0:
+        return float("nan"), float("nan")
+    z = NormalDist().inv_cdf(0.5 + level / 2.0)
+    p = successes / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))

@@ -205,6 +205,8 @@ def _plots(report: dict[str, Any], out: Path) -> list[str]:
         plt.close(fig)
         written.append("lead_masking.png")
 
+    written += _trust_plots(report, out)
+
     importance = report.get("attention_importance") or {}
     if importance:
         leads = list(next(iter(importance.values())))
@@ -222,6 +224,157 @@ def _plots(report: dict[str, Any], out: Path) -> list[str]:
         plt.close(fig)
         written.append("attention_importance.png")
     return written
+
+
+def _trust_plots(report: dict[str, Any], out: Path) -> list[str]:
+    """Reliability before/after calibration (test and external) and the importance gallery."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    cal = report.get("calibration") or {}
+    splits = [name for name in ("test", "external") if cal.get(name)]
+    if splits:
+        fig, axes = plt.subplots(1, 2, figsize=(9.0, 4.3), squeeze=False)
+        for ax, when in zip(axes[0], ("before", "after"), strict=True):
+            ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--", label="perfect calibration")
+            for name in splits:
+                rel, ece = cal[name][f"reliability_{when}"], cal[name][when]
+                label = f"{name} (ECE {_fmt(ece['estimate'])}, {_fmt(ece['low'])} to {_fmt(ece['high'])})"
+                ax.plot(rel["confidence"], rel["accuracy"], marker="o", ms=3, label=label)
+            t = "T = 1" if when == "before" else f"T = {_fmt(cal.get('temperature'), 2)}"
+            ax.set(
+                title=f"{when} calibration ({t})", xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1.01)
+            )
+            ax.legend(fontsize=7, loc="upper left")
+        fig.subplots_adjust(left=0.08, right=0.98, bottom=0.12, top=0.92, wspace=0.25)
+        fig.savefig(out / "calibration.png", dpi=100)
+        plt.close(fig)
+        written.append("calibration.png")
+    gallery = (report.get("faithfulness") or {}).get("gallery") or []
+    if gallery:
+        from lasan.train.faithfulness import plot_gallery
+
+        plot_gallery(gallery, out / "importance_gallery.png")
+        written.append("importance_gallery.png")
+    return written
+
+
+def _ci_range(ci: list[Any] | None) -> str:
+    return f" ({_fmt(ci[0])} to {_fmt(ci[1])})" if ci else ""
+
+
+def _trust_markdown(report: dict[str, Any]) -> list[str]:
+    """Calibration, operating points on test and external, faithfulness, independent normals."""
+    lines: list[str] = []
+    cal = report.get("calibration") or {}
+    if cal.get("test"):
+        stored = cal.get("stored") or {}
+        how = (
+            f"temperature T = {_fmt(cal.get('temperature'), 3)} fitted on the {stored.get('fitted_on', 'validation')} split"
+            if stored
+            else "none stored in the checkpoint (T = 1: before and after are the same)"
+        )
+        lines += [
+            "",
+            "## Calibration",
+            "",
+            f"Calibration: {how}. Top-label ECE, 15 equal-width bins; 95 % CI by patient bootstrap.",
+            "",
+            "| split | ECGs (patients) | ECE before (T = 1) | ECE after |",
+            "|---|---|---|---|",
+        ]
+        for name in ("test", "external"):
+            block = cal.get(name)
+            if block:
+                lines.append(
+                    f"| {name} | {block['n_ecgs']} ({block['n_patients']}) | {_fmt_ci(block['before'])} | "
+                    f"{_fmt_ci(block['after'])} |"
+                )
+    ops = report.get("operating_points") or {}
+    if ops.get("test"):
+        lines += [
+            "",
+            "## Operating points (chosen on calibrated validation probabilities, measured here)",
+            "",
+            f"Thresholds: {ops.get('source', '')}. 95 % CIs by patient bootstrap.",
+            "",
+            "| split | point | class | threshold | sensitivity | specificity |",
+            "|---|---|---|---|---|---|",
+        ]
+        for split in ("test", "external"):
+            for point, per_class in (ops.get(split) or {}).items():
+                for c, v in per_class.items():
+                    lines.append(
+                        f"| {split} | {point} | {c} | {_fmt(v['threshold'])} | {_fmt(v['sensitivity'])}"
+                        f"{_ci_range(v.get('sensitivity_ci'))} | {_fmt(v['specificity'])}"
+                        f"{_ci_range(v.get('specificity_ci'))} |"
+                    )
+    ext = report.get("external")
+    if ext:
+        counts = ", ".join(f"{c}: {n}" for c, n in ext["class_counts"].items())
+        lines += [
+            "",
+            "## External-validation site",
+            "",
+            f"{ext['n_ecgs']} ECGs of {ext['n_patients']} patients ({counts}), never used for training or model "
+            f"selection: macro-AUROC {_fmt_ci(ext['metrics'].get('macro_auroc'))}.",
+        ]
+    faith = report.get("faithfulness")
+    if faith:
+        lines += [
+            "",
+            "## Lead importance vs input-level occlusion",
+            "",
+            "Per ECG, each lead is zeroed in the mV record, preprocessed again and rescored; the drop in the "
+            "probability of the predicted (or true) class is that lead's effect. Spearman between the shown weights "
+            "and the drops, averaged over ECGs (ECGs with all-equal weights or drops are undefined and left out); "
+            f"maximum weight averaged over ECGs (uniform = {_fmt(faith.get('uniform_weight'))}). "
+            "95 % CIs by patient bootstrap.",
+            "",
+            "| weights | ECGs | n | Spearman vs drop of p(predicted) | Spearman vs drop of p(true) | max weight | undefined |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name in ("lead_importance", "aggregator_weights"):
+            for subset, v in (faith.get(name) or {}).items():
+                sp = v["spearman_predicted"]
+                lines.append(
+                    f"| {name} | {subset} | {sp['n']} | {_fmt_ci(sp)} | {_fmt_ci(v['spearman_true'])} | "
+                    f"{_fmt_ci(v['max_weight'])} | {sp['n_undefined']} |"
+                )
+        if faith.get("gallery"):
+            lines += [
+                "",
+                f"Gallery (`importance_gallery.png`): {len(faith['gallery'])} test ECGs drawn at random "
+                f"(seed {report['bootstrap']['seed']}), not chosen for being right: "
+                + ", ".join(f"{e['file']} (true {e['true']}, predicted {e['predicted']})" for e in faith["gallery"])
+                + ".",
+            ]
+    normals = report.get("independent_normals")
+    if normals:
+        spec = normals["spec"]
+        lines += [
+            "",
+            "## Independent normal ECGs (neurokit2)",
+            "",
+            f"{spec['n']} normal 12-lead ECGs from `{normals['generator']}` (seed {spec['seed']}, "
+            f"{spec['duration_s']} s at {spec['fs']} Hz, heart rate, variability and noise drawn per ECG), "
+            "a generator this project did not write. Share with no disease flagged; 95 % Wilson interval.",
+            "",
+            "| operating point | no disease flagged | 95 % CI |",
+            "|---|---|---|",
+        ]
+        for point in ("screening", "confirmation"):
+            if point in normals:
+                v = normals[point]
+                lines.append(
+                    f"| {point} | {v['k']}/{v['n']} = {_fmt(v['share'])} | {_fmt(v['low'])} to {_fmt(v['high'])} |"
+                )
+        mix = ", ".join(f"{c}: {n}" for c, n in normals["predicted_class_counts"].items())
+        lines += ["", f"Arg-max prediction on these normals: {mix}."]
+    return lines
 
 
 def _markdown(report: dict[str, Any]) -> str:
@@ -251,6 +404,7 @@ def _markdown(report: dict[str, Any]) -> str:
             + " |"
         )
     lines.append("| ECE (15 bins) | " + " | ".join(_fmt(block["ece"]) for block in models.values()) + " |")
+    lines += ["", "LASAN's probabilities are the served, calibrated ones (see Calibration)."]
     diffs = report.get("macro_auroc_differences") or {}
     if diffs:
         lines += ["", "Macro-AUROC differences (paired patient bootstrap; a CI above 0 favours the first model):", ""]
@@ -265,20 +419,7 @@ def _markdown(report: dict[str, Any]) -> str:
     first = next(iter(models.values()))
     for c, row in zip(classes, first["confusion_matrix"], strict=True):
         lines.append(f"| **{c}** | " + " | ".join(str(v) for v in row) + " |")
-    ops = report.get("operating_points") or {}
-    if ops.get("test"):
-        lines += [
-            "",
-            "## Operating points (chosen on validation, measured here)",
-            "",
-            "| point | class | threshold | sensitivity | specificity |",
-            "|---|---|---|---|---|",
-        ]
-        for point, per_class in ops["test"].items():
-            for c, v in per_class.items():
-                lines.append(
-                    f"| {point} | {c} | {_fmt(v['threshold'])} | {_fmt(v['sensitivity'])} | {_fmt(v['specificity'])} |"
-                )
+    lines += _trust_markdown(report)
     masking = report.get("lead_masking") or {}
     if masking:
         lines += [

@@ -139,7 +139,8 @@ def test_evaluate_reports_model_and_baselines_side_by_side(checkpoint, tmp_path)
 @pytest.mark.slow  # reads WFDB files, trains the plain-CNN baseline
 def test_lasan_evaluate_cli_writes_the_report_folder(cohort, checkpoint, tmp_path):
     out = tmp_path / "report"
-    rc = main(["evaluate", str(checkpoint), "--data", str(cohort), "--out", str(out), "--bootstrap", "25"])
+    argv = ["evaluate", str(checkpoint), "--data", str(cohort), "--out", str(out), "--bootstrap", "25"]
+    rc = main([*argv, "--normals", "4", "--gallery", "3"])
     assert rc == 0
     report = json.loads((out / "report.json").read_text())
     for key in (
@@ -195,6 +196,8 @@ def test_lasan_evaluate_all_rows_without_baselines(cohort, checkpoint, tmp_path)
             "--bootstrap",
             "5",
             "--no-baselines",
+            "--normals",
+            "0",
         ]
     )
     assert rc == 0
@@ -218,6 +221,7 @@ def test_a_hybrid_checkpoint_evaluates_with_full_forward_masking(cohort, tmp_pat
     ckpt = save_checkpoint(tmp_path / "hybrid.pt", build_model(cfg), CheckpointInfo(data_summary={"synthetic": True}))
     out = tmp_path / "hybrid_report"
     argv = ["evaluate", str(ckpt), "--data", str(cohort), "--split", "all", "--out", str(out), "--bootstrap", "5"]
+    argv += ["--normals", "0"]
     assert main([*argv, "--no-baselines"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["checkpoint"]["model_kind"] == "hybrid"
