@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q --upgrade pip
 	# torch first and pinned: the CPU build of 2.13.0 is on local disk; anything else downloads CUDA.
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[client,integration,hubert,export,dev]"
+	$(PIP) install -q -e ".[client,integration,hubert,export,eval,dev]"
 	# The embedded Triton server (tritonserver 2.51 + python backend). --no-deps: it pins numpy<2.
 	$(PIP) install -q --no-deps nvidia-pytriton==0.7.0
 	touch $(STAMP)
