@@ -63,6 +63,7 @@ __all__ = [
     "TrustOptions",
     "evaluate",
     "load_evaluation_data",
+    "split_seed_of",
     "calibration_block",
     "operating_points_with_ci",
 ]
@@ -146,6 +147,12 @@ def _training_value(training: dict[str, Any], *keys: str, default: Any = None) -
             if isinstance(section, dict) and section.get(key) is not None:
                 return section[key]
     return default
+
+
+def split_seed_of(ckpt: LoadedCheckpoint) -> int:
+    """The patient-split seed the checkpoint was trained with (its training config, else its data summary)."""
+    training = ckpt.info.training
+    return int(_training_value(training, "split_seed", default=ckpt.info.data_summary.get("split_seed", 0)))
 
 
 def _split_rows(rows: list[Any], seed: int) -> dict[str, list[Any]]:
@@ -493,7 +500,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads < 1:
         raise ConfigError("--threads must be at least 1")
     torch.set_num_threads(args.threads)
-    split_seed = int(_training_value(training, "split_seed", default=ckpt.info.data_summary.get("split_seed", 0)))
+    split_seed = split_seed_of(ckpt)
     baseline_manifest: str | None = args.baseline_data
     if args.baselines and baseline_manifest is None:
         if args.split == "test":
