@@ -51,11 +51,19 @@ bench: install
 experiments: install
 	$(LASAN) experiments --config configs/experiments.yaml --out $(WORK)/experiments --docs
 
+# mypy runs on a link tree that mirrors the installed layout (train/ -> lasan/train, ...):
+# it cannot follow the editable install's import hook.
+MYPY_TREE := .mypy_tree
+
 lint: install
 	$(VENV)/bin/ruff check lasan train build client integration benchmarks tests
+	@rm -rf $(MYPY_TREE) && mkdir -p $(MYPY_TREE)/lasan
+	@for f in lasan/*; do ln -s ../../$$f $(MYPY_TREE)/lasan/; done
+	@for p in train build client integration benchmarks; do ln -s ../../$$p $(MYPY_TREE)/lasan/$$p; done
+	cd $(MYPY_TREE) && ../$(VENV)/bin/mypy --config-file ../pyproject.toml -p lasan
 
 clean:
-	rm -rf $(WORK) .pytest_cache
+	rm -rf $(WORK) .pytest_cache .mypy_cache .mypy_tree
 	find . -name __pycache__ -prune -exec rm -rf {} +
 
 distclean: clean

@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import time
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ def _section_failed(section: str, metric: str, exc: BaseException) -> Row:
 
 
 def run_benchmarks(
-    work: Path, *, quick: bool = False, checkpoint: str | None = None, skip: set[str] = frozenset(), threads: int | None = None
+    work: Path, *, quick: bool = False, checkpoint: str | None = None, skip: frozenset[str] | set[str] = frozenset(), threads: int | None = None
 ) -> tuple[list[Row], dict[str, Any]]:
     """Run every section not in ``skip`` and return the rows and the details for the JSON."""
     from lasan.benchmarks.machine import machine_info
@@ -67,7 +68,7 @@ def run_benchmarks(
             rows.append(_section_failed(name, label, exc))
         details["timings_s"][name] = time.monotonic() - t0
 
-    def model() -> tuple[list[Row], Any]:
+    def model() -> tuple[Sequence[Row], Any]:
         nonlocal best_ts, best_batch
         from lasan.benchmarks.model import run_model_benchmark
 
@@ -75,7 +76,7 @@ def run_benchmarks(
         best_ts, best_batch = result.best_torchscript_ecg_per_s, result.best_batch
         return result.rows, result.details
 
-    def triton() -> tuple[list[Row], Any]:
+    def triton() -> tuple[Sequence[Row], Any]:
         from lasan.benchmarks.triton import run_triton_benchmark
 
         result = run_triton_benchmark(
@@ -83,14 +84,14 @@ def run_benchmarks(
         )
         return result.rows, result.details
 
-    def ingest() -> tuple[list[Row], Any]:
+    def ingest() -> tuple[Sequence[Row], Any]:
         from lasan.benchmarks.ingest import run_ingest_benchmark
         from lasan.benchmarks.ingest_rows import ingest_rows
 
         raw = run_ingest_benchmark(repeats=5 if quick else 20)
         return ingest_rows(raw, repeats=5 if quick else 20), raw
 
-    def feed() -> tuple[list[Row], Any]:
+    def feed() -> tuple[Sequence[Row], Any]:
         from lasan.benchmarks.feed import run_feed_benchmark
 
         result = run_feed_benchmark(work / "bench", quick=quick, checkpoint=checkpoint)

@@ -114,7 +114,7 @@ def optimised_torchscript(model: torch.nn.Module, n_leads: int, n_samples: int) 
     result that differs from the original by more than 1e-4.
     """
     example = torch.randn(4, n_leads, n_samples, generator=torch.Generator().manual_seed(0))
-    encoder = optimize_for_cpu(torch.jit.script(model.encoder_part().eval()), (example,))
+    encoder = optimize_for_cpu(torch.jit.script(model.encoder_part().eval()), (example,))  # type: ignore[operator]
     with torch.inference_mode():
         features = encoder(example)
     features = features if isinstance(features, tuple) else (features,)

@@ -84,6 +84,7 @@ def real_ecg() -> tuple[np.ndarray, float, str]:
     from lasan.formats.dicom import read_dicom
 
     path = pydicom.data.get_testdata_file("waveform_ecg.dcm")
+    assert isinstance(path, str), "pydicom's test data is not installed"
     record = read_dicom(path)
     return np.ascontiguousarray(record.signal, dtype=np.float32), float(record.fs), "pydicom waveform_ecg.dcm (Mortara)"
 

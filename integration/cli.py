@@ -94,8 +94,8 @@ class IntegrationApp:
         # The worker gets its own thread and event loop: its gRPC calls, result building and
         # PDF rendering then never hold up this loop, which only frames and answers ACKs.
         self._worker_thread = self.worker.start_thread()
-        event("listen.ready", logging.INFO, log, queue_depth=self.queue.depth(),
-              **{f"{k}_port": v for k, v in self.ports.items()})
+        ports: dict[str, Any] = {f"{k}_port": v for k, v in self.ports.items()}
+        event("listen.ready", logging.INFO, log, queue_depth=self.queue.depth(), **ports)
         return dict(self.ports)
 
     async def stop(self) -> None:

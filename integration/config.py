@@ -162,13 +162,13 @@ class _Section:
         value = self.data.get(key, default)
         return default if value is None else value
 
-    def bool(self, key: str, default: bool) -> bool:
+    def flag(self, key: str, default: bool) -> bool:
         value = self._get(key, default)
         if not isinstance(value, bool):
             raise ConfigError(f"{self._key(key)}: must be true or false, got {value!r}")
         return value
 
-    def str(self, key: str, default: str, choices: tuple[str, ...] = ()) -> str:
+    def text(self, key: str, default: str, choices: tuple[str, ...] = ()) -> str:
         value = self._get(key, default)
         if not isinstance(value, str):
             raise ConfigError(f"{self._key(key)}: must be text, got {value!r}")
@@ -176,16 +176,16 @@ class _Section:
             raise ConfigError(f"{self._key(key)}: must be one of {', '.join(choices)}, got {value!r}")
         return value
 
-    def int(self, key: str, default: int, lo: int, hi: int) -> int:
+    def integer(self, key: str, default: int, lo: int, hi: int) -> int:
         value = self._get(key, default)
         if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
             raise ConfigError(f"{self._key(key)}: must be an integer {lo}-{hi}, got {value!r}")
         return value
 
     def port(self, key: str, default: int) -> int:
-        return self.int(key, default, 0, 65535)  # 0: any free port (tests)
+        return self.integer(key, default, 0, 65535)  # 0: any free port (tests)
 
-    def float(self, key: str, default: float, lo: float = 0.0) -> float:
+    def number(self, key: str, default: float, lo: float = 0.0) -> float:
         value = self._get(key, default)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < lo:
             raise ConfigError(f"{self._key(key)}: must be a number >= {lo:g}, got {value!r}")
@@ -233,7 +233,7 @@ def _tls(sec: _Section, key: str, server: bool) -> TLSConfig | None:
         cert_file=t.path_("cert_file", None, must_exist=True),
         key_file=t.path_("key_file", None, must_exist=True),
         ca_file=t.path_("ca_file", None, must_exist=True),
-        require_client_cert=t.bool("require_client_cert", False),
+        require_client_cert=t.flag("require_client_cert", False),
     )
     t.done()
     if server and (cfg.cert_file is None or cfg.key_file is None):
@@ -246,7 +246,7 @@ def _tls(sec: _Section, key: str, server: bool) -> TLSConfig | None:
 
 
 def _ae_title(sec: _Section, key: str, default: str) -> str:
-    value = sec.str(key, default)
+    value = sec.text(key, default)
     if not value or len(value) > 16 or not value.isascii() or "\\" in value or value != value.strip():
         raise ConfigError(f"{sec._key(key)}: a DICOM AE title is 1-16 ASCII characters without backslash, got {value!r}")
     return value
@@ -264,16 +264,16 @@ def config_from_dict(data: Any, base_dir: str | Path = ".") -> AppConfig:
     s = top.section("listener")
     d = ListenerConfig()
     listener = ListenerConfig(
-        enabled=s.bool("enabled", d.enabled),
-        host=s.str("host", d.host),
+        enabled=s.flag("enabled", d.enabled),
+        host=s.text("host", d.host),
         port=s.port("port", d.port),
         tls=_tls(s, "tls", server=True),
-        max_message_bytes=s.int("max_message_bytes", d.max_message_bytes, 1024, 1 << 30),
-        idle_timeout_s=s.float("idle_timeout_s", d.idle_timeout_s, 0.1),
-        message_timeout_s=s.float("message_timeout_s", d.message_timeout_s, 0.1),
-        default_charset=s.str("default_charset", d.default_charset),
-        application=s.str("application", d.application),
-        facility=s.str("facility", d.facility),
+        max_message_bytes=s.integer("max_message_bytes", d.max_message_bytes, 1024, 1 << 30),
+        idle_timeout_s=s.number("idle_timeout_s", d.idle_timeout_s, 0.1),
+        message_timeout_s=s.number("message_timeout_s", d.message_timeout_s, 0.1),
+        default_charset=s.text("default_charset", d.default_charset),
+        application=s.text("application", d.application),
+        facility=s.text("facility", d.facility),
     )
     try:
         "".encode(listener.default_charset)
@@ -284,29 +284,29 @@ def config_from_dict(data: Any, base_dir: str | Path = ".") -> AppConfig:
     s = top.section("dicom")
     dd = DicomConfig()
     dicom = DicomConfig(
-        enabled=s.bool("enabled", dd.enabled),
+        enabled=s.flag("enabled", dd.enabled),
         ae_title=_ae_title(s, "ae_title", dd.ae_title),
-        host=s.str("host", dd.host),
+        host=s.text("host", dd.host),
         port=s.port("port", dd.port),
         allowed_calling_aets=s.str_list("allowed_calling_aets"),
-        min_free_disk_mb=s.float("min_free_disk_mb", dd.min_free_disk_mb),
+        min_free_disk_mb=s.number("min_free_disk_mb", dd.min_free_disk_mb),
     )
     s.done()
 
     s = top.section("watch")
     wd = WatchConfig()
     watch = WatchConfig(
-        enabled=s.bool("enabled", wd.enabled),
+        enabled=s.flag("enabled", wd.enabled),
         folder=s.path_("folder", wd.folder) or wd.folder,
-        poll_interval_s=s.float("poll_interval_s", wd.poll_interval_s, 0.05),
-        stable_s=s.float("stable_s", wd.stable_s),
+        poll_interval_s=s.number("poll_interval_s", wd.poll_interval_s, 0.05),
+        stable_s=s.number("stable_s", wd.stable_s),
     )
     s.done()
 
     s = top.section("triton")
     td = TritonConfig()
     triton = TritonConfig(
-        url=s.str("url", td.url), model=s.str("model", td.model), timeout_s=s.float("timeout_s", td.timeout_s, 0.1)
+        url=s.text("url", td.url), model=s.text("model", td.model), timeout_s=s.number("timeout_s", td.timeout_s, 0.1)
     )
     if not triton.url or "://" in triton.url:
         raise ConfigError(f"triton.url: give host:port of Triton's gRPC endpoint (no scheme), got {triton.url!r}")
@@ -315,9 +315,9 @@ def config_from_dict(data: Any, base_dir: str | Path = ".") -> AppConfig:
     s = top.section("scoring")
     sd = ScoringConfig()
     scoring = ScoringConfig(
-        thresholds_mode=s.str("thresholds_mode", sd.thresholds_mode, ("screening", "confirmation")),
-        pdf_report=s.bool("pdf_report", sd.pdf_report),
-        concurrency=s.int("concurrency", sd.concurrency, 1, 256),
+        thresholds_mode=s.text("thresholds_mode", sd.thresholds_mode, ("screening", "confirmation")),
+        pdf_report=s.flag("pdf_report", sd.pdf_report),
+        concurrency=s.integer("concurrency", sd.concurrency, 1, 256),
     )
     s.done()
 
@@ -327,12 +327,12 @@ def config_from_dict(data: Any, base_dir: str | Path = ".") -> AppConfig:
         if not s.has("host") or not s.has("port"):
             raise ConfigError("downstream: needs host and port (or remove the section to write results only to the outbox)")
         downstream = DownstreamConfig(
-            host=s.str("host", ""),
+            host=s.text("host", ""),
             port=s.port("port", 0),
             tls=_tls(s, "tls", server=False),
-            timeout_s=s.float("timeout_s", 30.0, 0.1),
-            application=s.str("application", ""),
-            facility=s.str("facility", ""),
+            timeout_s=s.number("timeout_s", 30.0, 0.1),
+            application=s.text("application", ""),
+            facility=s.text("facility", ""),
         )
         s.done()
     else:
@@ -348,8 +348,8 @@ def config_from_dict(data: Any, base_dir: str | Path = ".") -> AppConfig:
     s = top.section("retry")
     rd = RetryConfig()
     retry = RetryConfig(
-        initial_s=s.float("initial_s", rd.initial_s, 0.01), max_s=s.float("max_s", rd.max_s, 0.01),
-        factor=s.float("factor", rd.factor, 1.0),
+        initial_s=s.number("initial_s", rd.initial_s, 0.01), max_s=s.number("max_s", rd.max_s, 0.01),
+        factor=s.number("factor", rd.factor, 1.0),
     )
     if retry.max_s < retry.initial_s:
         raise ConfigError(f"retry.max_s: must be >= retry.initial_s ({retry.initial_s:g}), got {retry.max_s:g}")
@@ -357,14 +357,14 @@ def config_from_dict(data: Any, base_dir: str | Path = ".") -> AppConfig:
 
     s = top.section("metrics")
     md = MetricsConfig()
-    metrics = MetricsConfig(enabled=s.bool("enabled", md.enabled), host=s.str("host", md.host), port=s.port("port", md.port))
+    metrics = MetricsConfig(enabled=s.flag("enabled", md.enabled), host=s.text("host", md.host), port=s.port("port", md.port))
     s.done()
 
     s = top.section("logging")
     ld = LoggingConfig()
     logging_ = LoggingConfig(
-        format=s.str("format", ld.format, ("kv", "json")),
-        level=s.str("level", ld.level, ("DEBUG", "INFO", "WARNING", "ERROR")),
+        format=s.text("format", ld.format, ("kv", "json")),
+        level=s.text("level", ld.level, ("DEBUG", "INFO", "WARNING", "ERROR")),
         file=s.path_("file", None),
     )
     s.done()

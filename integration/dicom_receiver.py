@@ -54,7 +54,7 @@ class DicomReceiver:
     def start(self) -> int:
         """Start the SCP in background threads; returns the bound port."""
         from pynetdicom import AE, evt
-        from pynetdicom.sop_class import (
+        from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # generated at import time
             GeneralECGWaveformStorage,
             TwelveLeadECGWaveformStorage,
             Verification,
@@ -67,7 +67,7 @@ class DicomReceiver:
         if self.config.allowed_calling_aets:
             ae.require_calling_aet = list(self.config.allowed_calling_aets)
         ae.maximum_pdu_size = 0  # unlimited: ECG objects are small, let the peer choose
-        handlers = [
+        handlers: list[Any] = [
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_REJECTED, self._on_rejected),

@@ -123,6 +123,10 @@ def read_stored(raw: bytes, kind: str, key: IdempotencyKey, default_charset: str
     return Handoff(parsed.record, order_for(parsed, key))
 
 
+def _parse_reading(reading: Reading) -> ParsedInput:
+    return reading.parse()
+
+
 class _Attempt:
     """What :meth:`Intake.attempt` knows when an error arrives."""
 
@@ -164,7 +168,7 @@ class Intake:
     ) -> None:
         self.queue, self.metrics, self.health = queue, metrics, health
         self.application, self.facility, self.default_charset = application, facility, default_charset
-        self._parse: Parser = parse or Reading.parse
+        self._parse: Parser = parse if parse is not None else _parse_reading
         self._on_stored = on_stored
         self._handoff = handoff
 

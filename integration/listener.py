@@ -17,6 +17,7 @@ import asyncio
 import logging
 import ssl
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from lasan.errors import IntegrationError, LasanError, MLLPFramingError
 from lasan.hl7.ack import AA, build_ack
@@ -145,7 +146,7 @@ class MLLPListener:
         header = outcome.header
         # Answer in the sender's character set when it is known, else in Latin-1 (ASCII-safe, never fails).
         codec = header.codec if header is not None and header.codec not in (None, "ascii") else "latin-1"
-        ids = {"control_id": header.control_id if header else None, "sender": header.sender if header else None,
+        ids: dict[str, Any] = {"control_id": header.control_id if header else None, "sender": header.sender if header else None,
                "peer": peer or None}
         if isinstance(outcome, Accepted):
             assert outcome.ack is not None

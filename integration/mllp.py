@@ -210,9 +210,9 @@ class MLLPClient:
                 )
                 self._decoder = MLLPDecoder(self._max)
                 self._pending = []
+            assert self._reader is not None and self._writer is not None
             self._writer.write(frame(message, self._encoding))
             await asyncio.wait_for(self._writer.drain(), self._timeout)
-            assert self._reader is not None
             block = await asyncio.wait_for(read_block(self._reader, self._decoder, self._pending), self._timeout)
             if block is None:
                 raise ConnectionResetError(f"{self.host}:{self.port} closed the connection without a reply")

@@ -22,11 +22,11 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from lasan.errors import ECGFormatError, LasanError, ScoringError, TritonUnavailableError
 from lasan.hl7.ack import AA, parse_ack
-from lasan.hl7.result import ScoreLike, build_result, result_control_id
+from lasan.hl7.result import build_result, result_control_id
 from lasan.integration.config import AppConfig, client_ssl_context
 from lasan.integration.handoff import Handoff, ParsedRecords
 from lasan.integration.intake import read_stored
@@ -38,13 +38,16 @@ from lasan.record import ECGRecord
 
 __all__ = ["AsyncScorer", "ScorerFactory", "Bookkeeping", "ScoringStage", "DeliveryStage", "backoff_delay"]
 
+if TYPE_CHECKING:
+    from lasan.client.score import Score
+
 log = logging.getLogger("lasan.integration.worker")
 
 
 class AsyncScorer(Protocol):
     """What the scoring stage needs from a scorer (:class:`lasan.client.api.AsyncTritonScorer` is one)."""
 
-    async def score(self, record: ECGRecord, *, request_id: str = "") -> ScoreLike: ...
+    async def score(self, record: ECGRecord, *, request_id: str = "") -> Score: ...
 
     async def close(self) -> None: ...
 
@@ -57,7 +60,7 @@ def backoff_delay(attempts: int, initial_s: float, max_s: float, factor: float =
     return min(max_s, initial_s * factor ** max(0, attempts))
 
 
-def _ids(item: QueueItem) -> dict[str, object]:
+def _ids(item: QueueItem) -> dict[str, Any]:
     return {"item": item.id, "control_id": item.key.control_id,
             "sender": f"{item.key.sender_app}|{item.key.sender_facility}"}
 
@@ -80,7 +83,7 @@ class Bookkeeping:
     def __init__(self, config: AppConfig, queue: DurableQueue, metrics: Metrics, health: Health) -> None:
         self.config, self.queue, self.metrics, self.health = config, queue, metrics, health
 
-    async def retry(self, item: QueueItem, stage: str, error: str, ids: dict[str, object]) -> None:
+    async def retry(self, item: QueueItem, stage: str, error: str, ids: dict[str, Any]) -> None:
         r = self.config.retry
         delay = backoff_delay(item.attempts, r.initial_s, r.max_s, r.factor)
         attempts = await asyncio.to_thread(self.queue.schedule_retry, item.id, error, delay)
@@ -89,7 +92,7 @@ class Bookkeeping:
         event("worker.retry", logging.WARNING, log, stage=stage, attempts=attempts, delay_s=round(delay, 3),
               error=error, **ids)
 
-    async def fail(self, item: QueueItem, error: str, ids: dict[str, object]) -> None:
+    async def fail(self, item: QueueItem, error: str, ids: dict[str, Any]) -> None:
         await asyncio.to_thread(self.queue.mark_failed, item.id, error)
         self.metrics.failures.inc()
         self.health.error(error)
@@ -172,7 +175,7 @@ class ScoringStage:
         event("worker.scored", logging.INFO, log, result_control_id=control_id, predicted=score.predicted_class,
               model_version=score.model_version, **ids)
 
-    async def _pdf(self, record: ECGRecord, score: ScoreLike, ids: dict[str, object]) -> bytes | None:
+    async def _pdf(self, record: ECGRecord, score: Score, ids: dict[str, Any]) -> bytes | None:
         def render() -> bytes:
             import matplotlib
 
@@ -219,7 +222,8 @@ class DeliveryStage:
     async def send(self, item: QueueItem) -> bool:
         """Deliver a stored result; True when it is marked sent."""
         assert item.result is not None and item.result_control_id is not None
-        ids = {"item": item.id, "control_id": item.key.control_id, "result_control_id": item.result_control_id}
+        ids: dict[str, Any] = {"item": item.id, "control_id": item.key.control_id,
+                               "result_control_id": item.result_control_id}
         try:
             await asyncio.to_thread(_write_atomic, self.config.storage.outbox, f"{item.result_control_id}.hl7", item.result)
         except OSError as exc:

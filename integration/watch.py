@@ -18,6 +18,7 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 from lasan.errors import QueueStorageError
 from lasan.integration.config import WatchConfig
@@ -111,7 +112,7 @@ class WatchFolder:
             return 0
         return self._reject(path, outcome.reason, control_id=outcome.control_id)
 
-    def _reject(self, path: Path, reason: str, **fields: object) -> int:
+    def _reject(self, path: Path, reason: str, **fields: Any) -> int:
         self._move(path, REJECTED, reason=reason)
         self.metrics.acks.labels("watch_rejected").inc()
         event("watch.rejected", logging.WARNING, log, file=path.name, reason=reason, **fields)

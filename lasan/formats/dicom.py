@@ -15,6 +15,7 @@ import os
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -144,11 +145,11 @@ def dataset_to_record(ds, *, what: str = "the DICOM object") -> ECGRecord:
         sex=_text(ds.get("PatientSex")),
         accession_number=_text(ds.get("AccessionNumber")),
     )
-    record = ECGRecord(signal, float(group.SamplingFrequency), leads, acquisition, patient)
+    record = ECGRecord(signal, float(group.SamplingFrequency), tuple(leads), acquisition, patient)
     return record.in_standard_order().with_derived_leads()
 
 
-def _rhythm_group(groups: list) -> object:
+def _rhythm_group(groups: list) -> Any:
     """The multiplex group labelled RHYTHM, else the longest one (median beats are short)."""
     for group in groups:
         if str(group.get("MultiplexGroupLabel", "")).strip().upper() == "RHYTHM":
@@ -314,7 +315,7 @@ def record_to_dataset(record: ECGRecord, *, sop_class: str | None = None, uid_ke
         BadWaveformError: the record has NaN samples (int16 has no NaN).
     """
     from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
-    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian, generate_uid
 
     signal = np.asarray(record.signal, dtype=np.float64)
     if not np.all(np.isfinite(signal)):
@@ -328,14 +329,14 @@ def record_to_dataset(record: ECGRecord, *, sop_class: str | None = None, uid_ke
     counts = np.rint(signal * 1000.0 / sensitivity).astype("<i2")  # (leads, T)
 
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop
-    def new_uid(kind: str) -> str:
+    meta.MediaStorageSOPClassUID = UID(sop)
+    def new_uid(kind: str) -> UID:
         return generate_uid(entropy_srcs=["lasan", uid_key, kind]) if uid_key is not None else generate_uid()
 
     meta.MediaStorageSOPInstanceUID = new_uid("sop")
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
+    ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)  # type: ignore[arg-type]  # in memory: no file name
     now = datetime.now(timezone.utc)
     acquired = (record.acquisition.acquired_at or "").replace("-", "").replace(":", "").replace("T", "")
     date = acquired[:8] if len(acquired) >= 8 else now.strftime("%Y%m%d")

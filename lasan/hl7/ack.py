@@ -186,7 +186,7 @@ def parse_ack(reply: str | bytes) -> AckInfo:
         raise HL7MessageError(f"the reply is not an HL7 message: {exc}") from exc
     header, text = message.header, message.text
     sep = header.field_separator
-    code = control = message = ""
+    code = control = note = ""
     found = False
     for segment in re.split(r"[\r\n]+", text):
         fields = segment.split(sep)
@@ -194,9 +194,9 @@ def parse_ack(reply: str | bytes) -> AckInfo:
             found = True
             code = fields[1] if len(fields) > 1 else ""
             control = fields[2] if len(fields) > 2 else ""
-            message = fields[3] if len(fields) > 3 else ""
+            note = fields[3] if len(fields) > 3 else ""
         elif fields[0] == "ERR" and len(fields) > 8 and fields[8]:
-            message = fields[8]
+            note = fields[8]
     if not found:
         raise HL7MessageError("the reply has no MSA segment; it is not an HL7 acknowledgement")
-    return AckInfo(code=code, control_id=_unescape(control), text=_unescape(message), ack_control_id=header.control_id)
+    return AckInfo(code=code, control_id=_unescape(control), text=_unescape(note), ack_control_id=header.control_id)

@@ -208,3 +208,49 @@ def test_dicom_c_store_in_result_out(tmp_path, triton_server, downstream):
     assert _close(result_probabilities(result), {c.upper(): p for c, p in direct.probabilities.items()})
     pid = [s for s in result.split("\r") if s.startswith("PID")][0]
     assert "MRN7730419" in pid and "Quillfeather" in pid and "19431207" in pid
+
+
+def _count_calls(monkeypatch, module, name: str, calls: list) -> None:
+    """Count calls of ``module.name`` wherever it was imported by name (every loaded lasan module)."""
+    original = getattr(module, name)
+
+    def counting(*args, **kwargs):
+        calls.append(args[0] if args else None)
+        return original(*args, **kwargs)
+
+    for mod in [m for n, m in sys.modules.items() if n.startswith("lasan") and m is not None]:
+        if getattr(mod, name, None) is original:
+            monkeypatch.setattr(mod, name, counting)
+
+
+def test_one_message_is_read_once_from_bytes_to_ack_and_result(tmp_path, triton_server, downstream, monkeypatch):
+    """MSH read once, the bytes decoded once, the waveform split once, for ACK and result together."""
+    import lasan.hl7.encoding as encoding
+    import lasan.hl7.oru as oru_module
+    import lasan.integration.stages  # noqa: F401 - loaded before patching, so its imports are counted too
+
+    message = oru(small_ecg(seed=9), "ONCE-1")
+    headers, decodes, parses, splits = [], [], [], []
+    _count_calls(monkeypatch, encoding, "read_header", headers)
+    _count_calls(monkeypatch, encoding, "decode_message", decodes)
+    _count_calls(monkeypatch, oru_module, "parse_oru", parses)
+    _count_calls(monkeypatch, oru_module, "_na_record", splits)
+    cfg = _config(tmp_path, triton_server.grpc_url, downstream.port)
+
+    async def main():
+        app = IntegrationApp(cfg)
+        ports = await app.start()
+        try:
+            (ack,) = await _send_all(ports["hl7"], [message])
+            got = await asyncio.to_thread(downstream.wait_for, {"ONCE-1"}, 60)
+            await _until(lambda: app.queue.counts()["sent"] == 1)
+            return ack, got
+        finally:
+            await app.stop()
+
+    ack, got = asyncio.run(main())
+    assert ack.code == "AA" and result_probabilities(got["ONCE-1"][0])
+    ours = [h for h in headers if h == message]  # the test's own reads of ACKs and results are not counted
+    assert len(ours) == 1, f"MSH of the message read {len(ours)} times"
+    assert [d for d in decodes if d == message] == [message]
+    assert len(parses) == 1 and len(splits) == 1
