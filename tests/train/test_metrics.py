@@ -11,6 +11,7 @@ from scipy.stats import mannwhitneyu
 from lasan.train.metrics import (
     auroc,
     confusion_matrix,
+    ece_with_ci,
     expected_calibration_error,
     macro_auroc,
     pairwise_auroc,
@@ -20,6 +21,7 @@ from lasan.train.metrics import (
     roc_curve,
     sens_spec_at,
     summary_metrics,
+    wilson_interval,
 )
 from lasan.train.operating_points import choose_operating_points, evaluate_operating_points
 
@@ -202,3 +204,58 @@ def test_operating_points_skip_a_disease_absent_from_validation():
     keep = labels != 1
     ops = choose_operating_points(probs[keep], labels[keep], CLASSES)
     assert "LQTS" not in ops["screening"] and "ARVC" in ops["screening"]
+
+
+def _calibrated_sample(rng, n_patients, per_patient, overconfident):
+    """Top-label confidence c; the prediction is right with probability c (or c - 0.3 when overconfident)."""
+    n = n_patients * per_patient
+    conf = rng.uniform(0.4, 1.0, n)
+    right = rng.uniform(0, 1, n) < np.clip(conf - (0.3 if overconfident else 0.0), 0, 1)
+    y = rng.integers(0, 3, n)
+    pred = np.where(right, y, (y + 1) % 3)
+    probs = np.full((n, 3), 0.0)
+    probs[np.arange(n), pred] = conf
+    probs[np.arange(n), (pred + 1) % 3] = (1 - conf) / 2
+    probs[np.arange(n), (pred + 2) % 3] = (1 - conf) / 2
+    return y, probs, np.repeat(np.arange(n_patients), per_patient)
+
+
+def test_ece_ci_separates_calibrated_from_overconfident():
+    rng = np.random.default_rng(0)
+    y, probs, groups = _calibrated_sample(rng, 300, 2, overconfident=False)
+    good = ece_with_ci(y, probs, groups, n_boot=200, seed=0)
+    y, probs, groups = _calibrated_sample(rng, 300, 2, overconfident=True)
+    bad = ece_with_ci(y, probs, groups, n_boot=200, seed=0)
+    for ci in (good, bad):
+        # ECE is biased upwards on resamples (bin noise only adds), so near 0 the percentile
+        # interval can sit just above the estimate; it is never below it.
+        assert ci["low"] <= ci["high"] and ci["estimate"] <= ci["high"] and ci["n_boot"] == 200
+    assert bad["low"] <= bad["estimate"]
+    assert good["estimate"] == pytest.approx(
+        expected_calibration_error(*_calibrated_sample(np.random.default_rng(0), 300, 2, overconfident=False)[:2])
+    )
+    assert good["high"] < 0.1 and bad["low"] > 0.2
+    # Deterministic for a seed.
+    assert ece_with_ci(y, probs, groups, n_boot=50, seed=3) == ece_with_ci(y, probs, groups, n_boot=50, seed=3)
+
+
+def test_ece_ci_resamples_patients_not_ecgs():
+    # Every patient's ECGs are identical: a patient-level bootstrap sees 20 units, not 200, so
+    # its interval is wider than the same data with one ECG per patient.
+    rng = np.random.default_rng(1)
+    y, probs, _ = _calibrated_sample(rng, 20, 1, overconfident=True)
+    y10, probs10 = np.repeat(y, 10), np.repeat(probs, 10, axis=0)
+    by_patient = ece_with_ci(y10, probs10, np.repeat(np.arange(20), 10), n_boot=300, seed=0)
+    by_ecg = ece_with_ci(y10, probs10, np.arange(200), n_boot=300, seed=0)
+    assert (by_patient["high"] - by_patient["low"]) > 1.5 * (by_ecg["high"] - by_ecg["low"])
+
+
+def test_wilson_interval_matches_scipy_and_stays_in_bounds():
+    from scipy.stats import binomtest
+
+    for k, n in ((8, 10), (0, 25), (25, 25), (37, 100)):
+        low, high = wilson_interval(k, n)
+        ref = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+        assert low == pytest.approx(ref.low, abs=1e-9) and high == pytest.approx(ref.high, abs=1e-9)
+        assert 0.0 <= low <= k / n <= high <= 1.0
+    assert all(math.isnan(v) for v in wilson_interval(0, 0))
