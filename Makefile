@@ -45,7 +45,7 @@ serve: install
 	$(LASAN) serve --repo $(REPO)
 
 bench: install
-	$(LASAN) bench --work $(WORK)
+	$(LASAN) bench --work $(WORK) --publish docs/benchmarks.md
 
 # The paper's experiment grid (30-50 min on 2 cores; resumes if interrupted): regenerates docs/experiments.md.
 experiments: install

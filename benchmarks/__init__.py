@@ -1,4 +1,4 @@
-"""Benchmarks (`lasan bench`, `make bench`): never part of the tests.
+"""Benchmarks (`lasan bench`, `make bench`; the command is in :mod:`.cli`): never part of the tests.
 
 One run measures the model in process, the Triton ensemble and its parts with
 perf_analyzer, the ECG readers, and the whole HL7 feed path, each against a baseline
@@ -8,33 +8,19 @@ number, the raw samples and the machine it ran on. docs/performance.md explains 
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import time
 from collections.abc import Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from lasan.benchmarks.table import Row, not_run, render_markdown, rows_to_json
+from lasan.benchmarks.table import Row, not_run
 
-__all__ = ["configure", "run", "SECTIONS", "run_benchmarks"]
+__all__ = ["SECTIONS", "run_benchmarks"]
 
 log = logging.getLogger(__name__)
 
 SECTIONS = ("model", "triton", "ingest", "feed")
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true", help="fewer repeats and shorter windows (a smoke run)")
-    parser.add_argument("--work", default="work", help="work folder; results go to WORK/bench (default: work)")
-    parser.add_argument("--checkpoint", help="checkpoint to serve (default: the paper architecture, random weights)")
-    parser.add_argument(
-        "--skip", default="", help=f"comma-separated sections to skip: {','.join(SECTIONS)}"
-    )
-    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: the usable CPUs)")
-    parser.add_argument("--results", help="results folder (default: WORK/bench)")
 
 
 def _section_failed(section: str, metric: str, exc: BaseException) -> Row:
@@ -104,40 +90,3 @@ def run_benchmarks(
 
     details["machine"] = machine_info()
     return rows, details
-
-
-def run(args: argparse.Namespace) -> int:
-    from lasan.benchmarks.machine import describe
-
-    work = Path(args.work)
-    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
-    unknown = skip - set(SECTIONS)
-    if unknown:
-        from lasan.errors import ConfigError
-
-        raise ConfigError(f"--skip takes {', '.join(SECTIONS)}; unknown: {', '.join(sorted(unknown))}")
-    started = time.monotonic()
-    rows, details = run_benchmarks(
-        work, quick=args.quick, checkpoint=args.checkpoint, skip=skip, threads=args.threads
-    )
-    details["total_s"] = time.monotonic() - started
-    out = Path(args.results) if args.results else work / "bench"
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    table = render_markdown(rows)
-    caption = f"Measured on {describe(details['machine'])}; whole run {details['total_s']:.0f} s" + (
-        " (--quick)" if args.quick else ""
-    )
-    payload = {"rows": rows_to_json(rows), **details}
-    json_path = out / f"results-{stamp}.json"
-    json_path.write_text(json.dumps(payload, indent=2, default=str))
-    (out / "latest.md").write_text(f"{table}\n\n{caption}\n")
-    (out / "latest.json").write_text(json.dumps(payload, indent=2, default=str))
-    print(table)
-    print()
-    print(caption)
-    example = details.get("triton", {}).get("perf_analyzer_example")
-    if example:
-        print(f"perf_analyzer (against the server this run started; its port is gone now): {example}")
-    print(f"results: {json_path} and {out / 'latest.md'}")
-    return 0
