@@ -1,8 +1,9 @@
 """The ``lasan`` command: one entry point, subcommands like git.
 
-Each subcommand lives in the module that owns the work and exposes two functions,
-``configure(parser)`` and ``run(args) -> int``. Only the chosen subcommand's module is
-imported, so ``lasan inspect`` starts without loading torch.
+Each subcommand lives in the ``cli.py`` of the package that owns the work
+(``lasan/formats/cli.py`` is ``lasan inspect``, ``integration/cli.py`` is ``lasan listen``, ...)
+and exposes two functions, ``configure(parser)`` and ``run(args) -> int``. Only the chosen
+subcommand's module is imported, so ``lasan inspect`` starts without loading torch.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ __all__ = ["main", "COMMANDS"]
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "inspect": ("lasan.formats.inspect", "read ECG files (DICOM, HL7, WFDB) and report leads, rate, quality"),
+    "inspect": ("lasan.formats.cli", "read ECG files (DICOM, HL7, WFDB) and report leads, rate, quality"),
     "synth": ("lasan.train.synth_cli", "write a synthetic ARVC / LQTS / control cohort with a manifest"),
     "train": ("lasan.train.cli", "train a LASAN or hybrid model from a YAML config"),
     "evaluate": ("lasan.train.evaluate_cli", "evaluate a checkpoint: AUROC with CIs, lead masking, baselines"),
