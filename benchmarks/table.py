@@ -9,11 +9,11 @@ silently shorter than the last one.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["Row", "not_run", "row_from_mapping", "render_markdown", "rows_to_json", "format_number"]
+__all__ = ["Row", "not_run", "render_markdown", "rows_to_json", "format_number"]
 
 COLUMNS = ("section", "metric", "value", "baseline", "ratio", "target", "met?")
 
@@ -43,29 +43,6 @@ class Row:
 def not_run(section: str, metric: str, reason: str, *, target: str = "", unit: str = "") -> Row:
     """A row that keeps its place in the table and states why it has no number."""
     return Row(section, metric, None, unit=unit, target=target, met=None, note=f"not run: {reason}")
-
-
-def row_from_mapping(data: Mapping[str, Any], section: str = "ingest") -> Row:
-    """A :class:`Row` from a plain dict (e.g. the ingest benchmark's rows); unknown keys go to the note."""
-    known = {"section", "metric", "value", "unit", "baseline", "ratio", "target", "met", "note"}
-    extra = {k: v for k, v in data.items() if k not in known}
-    note = str(data.get("note", "") or "")
-    if extra and not note:
-        note = ", ".join(f"{k}={v}" for k, v in extra.items())
-    value = data.get("value")
-    ratio = data.get("ratio")
-    met = data.get("met")
-    return Row(
-        section=str(data.get("section") or section),
-        metric=str(data.get("metric") or data.get("name") or "?"),
-        value=float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None,
-        unit=str(data.get("unit", "") or ""),
-        baseline=str(data.get("baseline", "") or ""),
-        ratio=float(ratio) if isinstance(ratio, (int, float)) and not isinstance(ratio, bool) else None,
-        target=str(data.get("target", "") or ""),
-        met=bool(met) if met is not None else None,
-        note=note if value is not None else (note or "not run: the ingest benchmark returned no value"),
-    )
 
 
 def format_number(x: float | None) -> str:
