@@ -82,6 +82,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fresh-seed", type=int, default=1009, help="seed of the fresh cohort (not the training seed)")
     parser.add_argument("--normals", type=int, default=100, help="neurokit2 normal ECGs")
     parser.add_argument("--normals-seed", type=int, default=NormalsSpec.seed)
+    parser.add_argument(
+        "--normals-cache", default=None, help="folder of cached neurokit2 normals (default: <work>/normals_cache)"
+    )
     parser.add_argument("--bootstrap", type=int, default=1000, help="patient-bootstrap replicates")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per Triton call")
@@ -262,7 +265,7 @@ def measure_targets(args: argparse.Namespace) -> tuple[list[TargetResult], dict[
 
         # 3. independent normals at the screening point, and screening sensitivity on test.
         spec = NormalsSpec(n=args.normals, seed=args.normals_seed)
-        _, normal_flags = _score_all(scorer, simulate_normals(spec, work / "normals_cache"), disease)
+        _, normal_flags = _score_all(scorer, simulate_normals(spec, args.normals_cache or work / "normals_cache"), disease)
         share = share_with_ci(~normal_flags.any(axis=1))
         results.append(
             TargetResult(
