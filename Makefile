@@ -11,7 +11,7 @@ WORK   ?= work
 REPO   ?= $(WORK)/model_repository
 APT_PACKAGES := libb64-0d dcmtk openssl
 
-.PHONY: install test test-fast demo serve bench experiments lint clean
+.PHONY: install test test-fast demo report serve bench experiments lint clean
 
 install: $(STAMP)
 
@@ -40,6 +40,12 @@ test-fast: install
 
 demo: install
 	$(LASAN) demo --work $(WORK)
+
+# docs/report/: the demo model's evaluation report (plots included) and its targets table on the
+# served ensemble, regenerated (the report is re-evaluated; training is reused if present).
+report: install
+	rm -rf $(WORK)/report
+	$(LASAN) demo --work $(WORK) --docs docs/report
 
 serve: install
 	$(LASAN) serve --repo $(REPO)
