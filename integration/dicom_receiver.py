@@ -11,7 +11,8 @@ A C-STORE is answered success (0x0000) only after the one intake
 (:class:`lasan.integration.intake.Intake`) has read, validated and stored the object
 durably, the same rule as the HL7 listener's AA. What remains here is the DICOM answer
 table: a refusal's status comes from :func:`lasan.errors.protocol_answer` (A900 not an ECG
-or leads missing, C000 unreadable, A700 not stored, C211 internal error). Handlers run in
+or leads missing, C000 unreadable, A700 not stored, C211 internal error), with the start
+of the reason in the response's Error Comment. Handlers run in
 pynetdicom's threads and never let an exception out.
 """
 
@@ -97,25 +98,34 @@ class DicomReceiver:
             path = path.parent
         return shutil.disk_usage(path).free / 1e6
 
-    def _on_store(self, ev: Any) -> int:
+    def _on_store(self, ev: Any) -> Any:
         calling = str(ev.assoc.requestor.ae_title).strip()
+        comment = ""
         try:
-            status = self._store(ev, calling)
+            status, comment = self._store(ev, calling)
         except Exception as exc:  # noqa: BLE001 - STYLE rule 6: a failure status, never a dead SCP
             event("dicom.handler_bug", logging.ERROR, log, calling_ae=calling, exc_type=type(exc).__name__)
             self.health.error(f"dicom: {type(exc).__name__}")
             status = STATUS_PROCESSING_FAILURE
         self.metrics.acks.labels(f"dicom_{status:04X}").inc()
-        return status
+        if not comment:
+            return status
+        from pydicom import Dataset
 
-    def _store(self, ev: Any, calling: str) -> int:
+        # The reason goes back in the response's Error Comment (LO: 64 characters at most).
+        answer = Dataset()
+        answer.Status = status
+        answer.ErrorComment = comment[:64]
+        return answer
+
+    def _store(self, ev: Any, calling: str) -> tuple[int, str]:
         free = self.free_disk_mb()
         if free < self.config.min_free_disk_mb:
             event("dicom.store_refused", logging.WARNING, log, calling_ae=calling, status="A700",
                   reason=f"free disk {free:.0f} MB below dicom.min_free_disk_mb {self.config.min_free_disk_mb:g}")
             self.health.error("dicom: disk space low, C-STORE refused")
             self.metrics.received.labels("dicom").inc()
-            return STATUS_OUT_OF_RESOURCES
+            return STATUS_OUT_OF_RESOURCES, "disk space low at the receiver; send again later"
         sop_uid = str(ev.request.AffectedSOPInstanceUID or "")
         source = Source("dicom", formats=("dicom",), suffix=".dcm", sender=calling, control_id=sop_uid)
         outcome = self.intake.accept(bytes(ev.encoded_dataset()), source)
@@ -124,8 +134,8 @@ class DicomReceiver:
             event("dicom.stored", logging.INFO, log, calling_ae=calling, sop_instance=sop_uid, item=outcome.item_id,
                   duplicate=outcome.duplicate, leads=len(record.leads) if record else None,
                   fs=record.fs if record else None)
-            return STATUS_SUCCESS
+            return STATUS_SUCCESS, ""
         status = outcome.answer.dicom_status
         event("dicom.store_rejected", logging.WARNING, log, calling_ae=calling, sop_instance=sop_uid,
               status=f"{status:04X}", reason=outcome.reason, error=type(outcome.error).__name__)
-        return status
+        return status, outcome.reason

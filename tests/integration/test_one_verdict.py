@@ -202,10 +202,16 @@ def _dicom(tmp_path: Path, items: dict[str, bytes], caplog) -> dict[str, tuple[s
             assert assoc.is_established
             caplog.clear()
             with caplog.at_level(logging.INFO, logger="lasan.integration.dicom"):
-                status = assoc.send_c_store(pydicom.dcmread(io.BytesIO(data))).Status
+                response = assoc.send_c_store(pydicom.dcmread(io.BytesIO(data)))
             assoc.release()
-            rejected = [r for r in caplog.records if r.getMessage() == "dicom.store_rejected"]
-            out[name] = ("accepted", None) if status == 0 else ("refused", rejected[0].fields["reason"])
+            if response.Status == 0:
+                out[name] = ("accepted", None)
+                continue
+            # The sender sees the reason's start in the Error Comment; the log line has all of it.
+            (rejected,) = [r for r in caplog.records if r.getMessage() == "dicom.store_rejected"]
+            reason = rejected.fields["reason"]
+            assert reason.startswith(str(response.ErrorComment)), (name, response.ErrorComment)
+            out[name] = ("refused", reason)
     finally:
         receiver.stop()
     return out
