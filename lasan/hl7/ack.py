@@ -2,10 +2,11 @@
 
 The incoming message's header comes from :func:`lasan.hl7.encoding.read_header` (read
 once, by hand: hl7apy takes seconds to tokenise a waveform message, and a broken message
-must still be answered). The ACK itself is built with hl7apy so its structure follows
-the standard for the version the sender used. When the incoming MSH is too broken to echo (no MSH at all,
-unusable encoding characters), a minimal hand-built ACK answers instead, so the sender
-always learns why.
+must still be answered). The ACK is built by hand too, in the sender's HL7 version
+(ERR-3/4/8 from v2.5, ERR-1 before); the tests validate its structure with hl7apy, which
+is otherwise not used at run time. When the incoming MSH is too broken to echo (no MSH at
+all, unusable encoding characters), the ACK has an empty MSA-2, so the sender still learns
+why.
 
 Error codes come from HL7 table 0357 (message error condition codes).
 """
@@ -46,7 +47,8 @@ ERROR_CODES: dict[str, str] = {
     "207": "Application internal error",
 }
 _ERR3_VERSIONS = ("2.5", "2.5.1", "2.6", "2.7", "2.7.1", "2.8", "2.8.1", "2.8.2")
-_HL7APY_VERSIONS = ("2.1", "2.2", "2.3", "2.3.1", "2.4", *_ERR3_VERSIONS)
+_VERSIONS = ("2.1", "2.2", "2.3", "2.3.1", "2.4", *_ERR3_VERSIONS)
+_MSA3_WITHDRAWN = ("2.7", "2.7.1", "2.8", "2.8.1", "2.8.2")
 _DEFAULT_VERSION = "2.5.1"
 
 
@@ -80,92 +82,52 @@ def build_ack(
 ) -> str:
     """An original-mode ACK for ``header`` (None when the MSH could not be read).
 
-    ``reason`` is free text for the sending system's operators; it goes into MSA-3 and
-    ERR-8 (ERR-1 before v2.5) and must not contain patient data. AE/AR always carry an
-    ERR segment (``error_code`` from HL7 table 0357, default 207). Segments end with CR.
+    ``reason`` is free text for the sending system's operators; it goes into MSA-3 (80
+    characters; before v2.7, which withdrew it) and ERR-8 (v2.5 and later; before that
+    ERR-1 carries only the code) and
+    must not contain patient data. AE/AR always carry an ERR segment (``error_code`` from
+    HL7 table 0357, default 207). The ACK is in the sender's HL7 version when LASAN knows
+    it (else 2.5.1) and echoes MSH-18 when the sender's character set is known. Segments
+    end with CR.
+
+    Raises:
+        HL7MessageError: ``code`` is not AA, AE or AR.
     """
     if code not in (AA, AE, AR):
         raise HL7MessageError(f"ACK code must be AA, AE or AR, not {code!r}")
     if code != AA and not error_code:
         error_code = "207"
-    if header is None:
-        return _minimal_ack(code, "", error_code, reason, application, facility, now)
-    try:
-        return _hl7apy_ack(header, code, error_code, reason, application, facility, now)
-    except Exception:  # noqa: BLE001 - any hl7apy refusal (odd field values) falls back to a hand-built ACK
-        return _minimal_ack(code, header.control_id, error_code, reason, application, facility, now, header)
-
-
-def _hl7apy_ack(
-    header: MessageHeader,
-    code: str,
-    error_code: str | None,
-    reason: str | None,
-    application: str,
-    facility: str,
-    now: datetime | None,
-) -> str:
-    from hl7apy.core import Message  # imported lazily: hl7apy loads its tables on first use
-
-    version = header.version if header.version in _HL7APY_VERSIONS else _DEFAULT_VERSION
-    msg = Message("ACK", version=version)
-    msh = msg.msh
-    msh.msh_3 = escape_hl7(application)
-    if facility:
-        msh.msh_4 = escape_hl7(facility)
-    if header.sending_application:
-        msh.msh_5 = escape_hl7(header.sending_application)
-    if header.sending_facility:
-        msh.msh_6 = escape_hl7(header.sending_facility)
-    msh.msh_7 = _timestamp(now)
-    trigger = header.message_code.split("^")[1] if "^" in header.message_code else ""
-    msh.msh_9 = f"ACK^{escape_hl7(trigger)}^ACK" if trigger and version in _ERR3_VERSIONS else (
-        f"ACK^{escape_hl7(trigger)}" if trigger else "ACK"
-    )
-    msh.msh_10 = _ack_control_id()
-    msh.msh_11 = escape_hl7(header.processing_id or "P")
-    if header.charset and header.codec is not None:  # an unknown set is not echoed: the ACK is not in it
-        msh.msh_18 = escape_hl7(header.charset)
-    msa = msg.add_segment("MSA")
-    msa.msa_1 = code
-    msa.msa_2 = escape_hl7(header.control_id)
-    if reason:
-        msa.msa_3 = escape_hl7(reason)[:80]
+    version = header.version if header is not None and header.version in _VERSIONS else _DEFAULT_VERSION
+    code_parts = header.message_code.split("^") if header is not None else []
+    trigger = escape_hl7(code_parts[1]) if len(code_parts) > 1 else ""
+    message_type = ("ACK" if not trigger else f"ACK^{trigger}^ACK" if version in _ERR3_VERSIONS
+                    else f"ACK^{trigger}")
+    # An unknown character set is not echoed: the ACK is not encoded in it.
+    charset = header.charset if header is not None and header.codec is not None else ""
+    msh = [
+        "MSH", "^~\\&", escape_hl7(application), escape_hl7(facility),
+        escape_hl7(header.sending_application) if header else "", escape_hl7(header.sending_facility) if header else "",
+        _timestamp(now), "", message_type, _ack_control_id(),
+        escape_hl7((header.processing_id if header else "") or "P"), version, "", "", "", "", "", escape_hl7(charset),
+    ]
+    text = escape_hl7(reason) if reason else ""
+    # MSA-3 is withdrawn from v2.7 on; ERR-8 carries the reason there (and from v2.5).
+    msa3 = text[:80] if version not in _MSA3_WITHDRAWN else ""
+    segments = [_fields(msh), _fields(["MSA", code, escape_hl7(header.control_id) if header else "", msa3])]
     if code != AA:
-        err = msg.add_segment("ERR")
         meaning = ERROR_CODES.get(error_code or "207", "Application error")
         if version in _ERR3_VERSIONS:
-            err.err_3 = f"{error_code}^{meaning}^HL70357"
-            err.err_4 = "E"
-            if reason:
-                err.err_8 = escape_hl7(reason)
+            segments.append(_fields(["ERR", "", "", f"{error_code}^{meaning}^HL70357", "E", "", "", "", text]))
         else:
-            err.err_1 = f"^^^{error_code}&{meaning}&HL70357"
-    return msg.to_er7() + "\r"
-
-
-def _minimal_ack(
-    code: str,
-    control_id: str,
-    error_code: str | None,
-    reason: str | None,
-    application: str,
-    facility: str,
-    now: datetime | None,
-    header: MessageHeader | None = None,
-) -> str:
-    send_app = escape_hl7(header.sending_application) if header else ""
-    send_fac = escape_hl7(header.sending_facility) if header else ""
-    text = escape_hl7(reason or "")
-    segments = [
-        f"MSH|^~\\&|{escape_hl7(application)}|{escape_hl7(facility)}|{send_app}|{send_fac}|{_timestamp(now)}||"
-        f"ACK|{_ack_control_id()}|P|{_DEFAULT_VERSION}",
-        f"MSA|{code}|{escape_hl7(control_id)}|{text[:80]}",
-    ]
-    if code != AA:
-        meaning = ERROR_CODES.get(error_code or "207", "Application error")
-        segments.append(f"ERR|||{error_code}^{meaning}^HL70357|E||||{text}")
+            segments.append(f"ERR|^^^{error_code}&{meaning}&HL70357")
     return "\r".join(segments) + "\r"
+
+
+def _fields(fields: list[str]) -> str:
+    """One segment, without trailing empty fields."""
+    while fields and not fields[-1]:
+        fields.pop()
+    return "|".join(fields)
 
 
 def _unescape(value: str) -> str:

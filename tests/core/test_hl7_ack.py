@@ -77,3 +77,16 @@ def test_unusable_field_values_fall_back_to_a_hand_built_ack():
     weird = ORU.replace("|2.5.1|", "|9.9|").replace("CART", "C" * 300)
     ack = build_ack(read_msh(weird), AE, reason="x")
     assert parse_ack(ack).control_id == "MSG-0042"
+
+
+@pytest.mark.parametrize("version", ["2.5", "2.5.1", "2.6", "2.7", "2.8"])
+@pytest.mark.parametrize("code", [AA, AE, AR])
+def test_acks_pass_hl7apy_strict_validation(version, code):
+    from hl7apy.consts import VALIDATION_LEVEL
+
+    header = read_msh(ORU.replace("|2.5.1|", f"|{version}|"))
+    ack = build_ack(header, code, error_code=None if code == AA else "102", reason=None if code == AA else "a | b")
+    message = parse_message(ack, validation_level=VALIDATION_LEVEL.STRICT, find_groups=True)
+    message.validate()
+    info = parse_ack(ack)
+    assert (info.code, info.control_id, info.text) == (code, "MSG-0042", "" if code == AA else "a | b")
