@@ -141,62 +141,38 @@ class ResultWorker:
         items = await asyncio.to_thread(self.queue.due, None, limit)
         if not items:
             return False
-        gate = asyncio.Semaphore(self.config.scoring.concurrency)
+        await _Pass(self, items, limit).run()
+        return True
 
-        async def one(item: QueueItem) -> None:
-            async with gate:
-                await self.scoring.score(item)
 
-        scoring: dict[int, asyncio.Task] = {}
-        last_id = 0
+class _Pass:
+    """One pass: score the due items concurrently, send in queue order as each is ready.
 
-        def start(batch: list[QueueItem]) -> None:
-            nonlocal last_id
-            for i in batch:
-                last_id = max(last_id, i.id)
-                if i.state == "received":
-                    scoring[i.id] = asyncio.create_task(one(i))
+    Messages stored while the pass runs join it at once (see :meth:`_join_new`), up to
+    ``_MAX_PASS_ITEMS``, instead of waiting for the pass to end.
+    """
 
-        async def join_new() -> None:
-            # Messages stored since the pass began join it at once instead of waiting for
-            # its end (bounded, so one pass cannot run forever under a steady feed).
-            self._wake.clear()
-            fresh = await asyncio.to_thread(self.queue.due, None, limit, after_id=last_id)
-            items.extend(fresh)
-            start(fresh)
+    def __init__(self, worker: ResultWorker, items: list[QueueItem], limit: int) -> None:
+        self.worker, self.items, self.limit = worker, items, limit
+        self.queue, self.scoring, self.delivery = worker.queue, worker.scoring, worker.delivery
+        self._gate = asyncio.Semaphore(worker.config.scoring.concurrency)
+        self._tasks: dict[int, asyncio.Task] = {}
+        self._last_id = 0
 
-        def may_join() -> bool:
-            # Not while stopping, nor over a channel that failed (it is renewed after the pass).
-            return len(items) < _MAX_PASS_ITEMS and not self._stop.is_set() and not self.scoring.stale
-
-        async def until_done(task: asyncio.Task) -> None:
-            while not task.done():
-                if not may_join():
-                    await task
-                    return
-                if self._wake.is_set():
-                    await join_new()
-                    continue
-                waiter = asyncio.create_task(self._wake.wait())
-                try:
-                    await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    waiter.cancel()
-            await task  # its exception, if any
-
-        start(items)
+    async def run(self) -> None:
+        self._start(self.items)
         try:
             # Send in queue order, one at a time (original-mode ACK on one connection), each
             # as soon as it and the items before it are scored: the first result of a pass
             # does not wait for the slowest ECG of the pass.
             index = 0
-            while index < len(items):
-                item = items[index]
+            while index < len(self.items):
+                item = self.items[index]
                 index += 1
-                if self._stop.is_set():
+                if self.worker._stop.is_set():
                     break
-                if item.id in scoring:
-                    await until_done(scoring[item.id])
+                if item.id in self._tasks:
+                    await self._until_scored(self._tasks[item.id])
                     item = await asyncio.to_thread(self.queue.get, item.id)
                 if item.state == "scored" and not await self.delivery.send(item):
                     # Downstream is failing: leave the rest for later passes instead of
@@ -204,8 +180,45 @@ class ResultWorker:
                     break
         finally:
             # Scoring already started finishes (its result is stored for the next pass).
-            await asyncio.gather(*scoring.values(), return_exceptions=True)
+            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
             # Renewed only here, with no call in flight: closing a shared channel under
             # other tasks would fail their calls too.
             await self.scoring.renew_if_stale()
-        return True
+
+    async def _score(self, item: QueueItem) -> None:
+        async with self._gate:
+            await self.scoring.score(item)
+
+    def _start(self, batch: list[QueueItem]) -> None:
+        for item in batch:
+            self._last_id = max(self._last_id, item.id)
+            if item.state == "received":
+                self._tasks[item.id] = asyncio.create_task(self._score(item))
+
+    async def _join_new(self) -> None:
+        # Bounded (see _may_join), so one pass cannot run forever under a steady feed.
+        self.worker._wake.clear()
+        fresh = await asyncio.to_thread(self.queue.due, None, self.limit, after_id=self._last_id)
+        self.items.extend(fresh)
+        self._start(fresh)
+
+    def _may_join(self) -> bool:
+        # Not while stopping, nor over a channel that failed (it is renewed after the pass).
+        return len(self.items) < _MAX_PASS_ITEMS and not self.worker._stop.is_set() and not self.scoring.stale
+
+    async def _until_scored(self, task: asyncio.Task) -> None:
+        """Wait for ``task``, letting newly stored messages join the pass meanwhile."""
+        wake = self.worker._wake
+        while not task.done():
+            if not self._may_join():
+                await task
+                return
+            if wake.is_set():
+                await self._join_new()
+                continue
+            waiter = asyncio.create_task(wake.wait())
+            try:
+                await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+        await task  # its exception, if any
