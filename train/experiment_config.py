@@ -7,6 +7,7 @@ Layout (see ``configs/experiments.yaml``; every key except ``data`` has a defaul
       synth: {patients: 300, seed: 0}    # out defaults to <output>/cohort; or  manifest: FILE.csv
       split_seed: 0                  # cache_dir defaults to <output>/cache
     bootstrap: {n: 1000, seed: 0}    # patient-bootstrap replicates for every CI
+    seeds: [0]                       # training seeds; a row's probabilities are the mean over its seeds
     lasan: {...LASANConfig fields...}    # LASAN, the LASAN branch of the hybrids, the plain CNN's widths
     training: {...TrainingConfig...}     # LASAN and the plain CNN
     foundation:                      # the foundation encoder of the transfer-learning rows
@@ -68,6 +69,10 @@ class GridConfig:
     output: str = "work/experiments"
     bootstrap: int = 1000
     bootstrap_seed: int = 0
+    # Training seeds (init, shuffling, augmentation, SSL pretraining). Every trained row is trained once
+    # per seed and scored with the mean of its seeds' probabilities, so that a difference between rows
+    # is less a matter of one lucky initialisation; the single-seed AUROCs are reported beside it.
+    seeds: tuple[int, ...] = (0,)
     lasan: LASANConfig = field(default_factory=LASANConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     encoder: EncoderSpec = field(default_factory=EncoderSpec)  # strategy is set per row
@@ -94,6 +99,8 @@ class GridConfig:
             raise ConfigError(f"masking.model must be one of {list(_MASKABLE)}, got {self.masking_model!r}")
         if self.bootstrap < 1:
             raise ConfigError("bootstrap.n must be at least 1")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError("seeds must be a non-empty list of distinct integers, e.g. [0, 1]")
         if self.encoder.kind != "builtin":
             raise ConfigError(
                 "foundation.encoder.kind must be builtin (the project's self-supervised encoder); "
@@ -132,10 +139,15 @@ class GridConfig:
                                lp_epochs=self.lp_epochs, options={"out_dim": self.fusion_dim})
         return replace(self.encoder, strategy=strategy_name, lp_epochs=self.lp_epochs)
 
-    def train_config(self, name: str, manifest: Path) -> TrainConfig:
+    def for_seed(self, seed: int) -> GridConfig:
+        """This config with training seed ``seed`` for every trained row."""
+        return replace(self, training=replace(self.training, seed=seed),
+                       foundation_training=replace(self.foundation_training, seed=seed))
+
+    def train_config(self, name: str, manifest: Path, run_dir: Path | None = None) -> TrainConfig:
         """The ``lasan train`` config of a LASAN or hybrid row (``lasan`` / ``*hybrid_*``)."""
         data = DataConfig(manifest=str(manifest), cache_dir=str(self.cache_dir), split_seed=self.data.split_seed)
-        run_dir = str(self.out / "runs" / name)
+        run_dir = str(run_dir or self.out / "runs" / name)
         if name == "lasan":
             return TrainConfig(output=run_dir, data=data, model=self.lasan, training=self.training)
         if "hybrid_" not in name:
@@ -150,6 +162,7 @@ class GridConfig:
             "output": self.output,
             "data": asdict(self.data),
             "bootstrap": {"n": self.bootstrap, "seed": self.bootstrap_seed},
+            "seeds": list(self.seeds),
             "lasan": self.lasan.to_dict(),
             "training": asdict(self.training),
             "foundation": {
@@ -170,7 +183,8 @@ class GridConfig:
         """Raises: ConfigError for unknown keys, a missing ``data`` section or invalid values."""
         if not isinstance(raw, dict) or "data" not in raw:
             raise ConfigError("an experiments config must be a YAML mapping with at least a 'data' section")
-        allowed = {"output", "data", "bootstrap", "lasan", "training", "foundation", "experiments", "masking", "label"}
+        allowed = {"output", "data", "bootstrap", "seeds", "lasan", "training", "foundation", "experiments", "masking",
+                   "label"}
         _known(raw, allowed, "")
         try:
             data_raw = _mapping(raw, "data")
@@ -190,6 +204,7 @@ class GridConfig:
                 output=str(raw.get("output", "work/experiments")),
                 bootstrap=int(boot.get("n", 1000)),
                 bootstrap_seed=int(boot.get("seed", 0)),
+                seeds=tuple(int(v) for v in (raw.get("seeds") or (training.seed,))),
                 lasan=LASANConfig.from_dict(_mapping(raw, "lasan")),
                 training=training,
                 encoder=EncoderSpec(**dict(found.get("encoder") or {})),

@@ -181,8 +181,13 @@ def analyse(
     probs: dict[str, dict[str, np.ndarray]],
     masked: dict[str, np.ndarray],
     infos: dict[str, dict[str, Any]],
+    per_seed: dict[str, dict[str, dict[str, np.ndarray]]] | None = None,
 ) -> dict[str, Any]:
-    """Every number of the grid (JSON-able after :func:`lasan.train.report.to_jsonable`)."""
+    """Every number of the grid (JSON-able after :func:`lasan.train.report.to_jsonable`).
+
+    ``probs[row][split]`` are the row's probabilities (the mean over its training seeds);
+    ``per_seed[row][seed][split]`` each seed's own, whose macro-AUROCs are reported alongside.
+    """
     classes = tuple(cfg.lasan.classes)
     n_boot, seed = cfg.bootstrap, cfg.bootstrap_seed
     test = arrays["test"]
@@ -196,8 +201,13 @@ def analyse(
                                              classes, n_boot, seed)
         paper_text, paper_value = _paper_level(name)
         verdict, why = level_verdict(paper_value, block["metrics"]["macro_auroc"])
-        models[name] = {"label": _label(name), **block, "paper": paper_text, "verdict": verdict, "why": why,
-                        "info": infos.get(name, {})}
+        seeds = {
+            seed: {f"{split}_macro_auroc": macro_auroc(np.asarray(arrays[split].y), sp[split], classes)
+                   for split in sp if split in arrays}
+            for seed, sp in (per_seed or {}).get(name, {}).items()
+        }
+        models[name] = {"label": _label(name), **block, "single_seed": seeds, "paper": paper_text,
+                        "verdict": verdict, "why": why, "info": infos.get(name, {})}
     effects = []
     for claim in _claims(tuple(probs)):
         cis = _paired(probs[claim.a]["test"], probs[claim.b]["test"], y, groups, classes, n_boot, seed)
@@ -287,7 +297,11 @@ def table_lines(results: dict[str, Any]) -> list[str]:
     for m in results["models"].values():
         met = m["metrics"]
         ext = _ci(m["external"]["metrics"]["macro_auroc"]) if "external" in m else ("n/a" if has_ext else "no external site")
-        lines.append(_row(m["label"], _ci(met["macro_auroc"]), *(_f(met[f"auroc_{c}"]["estimate"]) for c in classes),
+        single = [v.get("test_macro_auroc") for v in (m.get("single_seed") or {}).values()]
+        single = [v for v in single if v is not None and math.isfinite(v)]
+        seeds = f"; single seeds {_f(min(single))}-{_f(max(single))}" if len(single) > 1 else ""
+        lines.append(_row(m["label"], _ci(met["macro_auroc"]) + seeds,
+                          *(_f(met[f"auroc_{c}"]["estimate"]) for c in classes),
                           ext, m["paper"] or "-", m["verdict"], m["why"]))
     if not any(n.startswith("hubert_") for n in results["models"]):
         lines.append(_row("HuBERT-ECG + LASAN hybrid (the paper's best)", "not run", *["-"] * len(classes), "-",
@@ -343,6 +357,9 @@ def _setup_lines(results: dict[str, Any]) -> list[str]:
         "training ECGs once, then used under each strategy with a linear head alone (\"FM alone\") or through the "
         f"hybrid gate with LASAN; max epochs {ft['epochs']}, LP-FT frozen for the first "
         f"{cfg['foundation']['lp_epochs']}, encoder lr after unfreezing {ft['encoder_lr'] or ft['lr'] / 10:g}.",
+        f"- Training seeds {cfg['seeds']}: every trained row is trained once per seed and scored with the mean of "
+        "its seeds' probabilities (the single-seed macro-AUROC range is shown beside it); lead masking likewise "
+        "averages the seeds' masked probabilities. The clinical-feature model is deterministic (one fit).",
         f"- CIs: {results['bootstrap']['n']} patient-bootstrap replicates (seed {results['bootstrap']['seed']}); "
         "differences and masking drops are paired (the same resampled patients for both sides).",
         f"- HuBERT-ECG: {results['hubert_ecg']}.",

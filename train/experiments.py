@@ -108,7 +108,11 @@ class FoundationProbeConfig:
 
 class FoundationClassifier(nn.Module):
     """The foundation encoder with one linear layer on its features: the paper's "foundation
-    model + classification head" row, without LASAN. Returns ``(logits,)``.
+    model + classification head" row, without LASAN.
+
+    Returns the model contract's triple ``(logits (B, C), lead_weights (B, L), attention
+    (B, 0, 1, L, L))``: it has no notion of a lead, so its lead weights are uniform (an
+    aggregator-entropy term on them is a constant without gradient) and its attention is empty.
 
     ``kind = "hybrid"`` because :mod:`lasan.train.trainer` applies the transfer strategies
     (freezing, the encoder's learning rate) to any model of that kind with a ``foundation``
@@ -123,8 +127,10 @@ class FoundationClassifier(nn.Module):
         self.foundation = foundation
         self.head = nn.Linear(int(foundation.out_dim), len(cfg.classes))
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor]:
-        return (self.head(self.foundation(x)),)  # (B, classes)
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        b, n_leads = x.shape[0], x.shape[1]
+        weights = x.new_full((b, n_leads), 1.0 / n_leads)  # (B, L)
+        return self.head(self.foundation(x)), weights, x.new_zeros(b, 0, 1, n_leads, n_leads)
 
     def set_foundation_trainable(self, trainable: bool) -> None:
         for p in self.foundation.parameters():
@@ -232,6 +238,7 @@ def _score(model: nn.Module, cohort: Cohort) -> dict[str, np.ndarray]:
 
 
 def _row_digest(cfg: GridConfig, name: str, cohort: Cohort) -> str:
+    """Hash of everything a row's result depends on (``cfg`` carries the row's training seed)."""
     base: dict[str, Any] = {"row": name, "cohort": cohort.digest, "split_seed": cfg.data.split_seed}
     if name == "lasan" or "hybrid_" in name:
         settings = cfg.train_config(name, cohort.manifest).to_dict()
@@ -253,7 +260,7 @@ def _train_with_lasan_train(cfg: GridConfig, name: str, cohort: Cohort, run_dir:
     from lasan.checkpoint import load_checkpoint
     from lasan.train.cli import CHECKPOINT_NAME, STATE_NAME, train_from_config
 
-    tcfg = cfg.train_config(name, cohort.manifest)
+    tcfg = cfg.train_config(name, cohort.manifest, run_dir)
     ckpt_path = run_dir / CHECKPOINT_NAME
     if not ckpt_path.is_file():
         resume = (run_dir / STATE_NAME).is_file()
@@ -307,18 +314,18 @@ def _clinical_lr(cfg: GridConfig, cohort: Cohort) -> tuple[dict[str, np.ndarray]
 
 def _pretrained_builtin(cfg: GridConfig, cohort: Cohort, progress: bool) -> dict[str, torch.Tensor]:
     """The builtin encoder after self-supervised pretraining, built and pretrained as ``lasan train``
-    does for a hybrid (seed, model construction order, data), cached in ``runs/foundation_pretrained``."""
+    does for a hybrid (seed, model construction order, data), cached in ``runs/foundation_pretrained/seed<k>``."""
     from lasan.train.pretrain import pretrain_encoder
     from lasan.train.trainer import resolve_device, seed_everything
 
     digest = spec_digest({"cohort": cohort.digest, "foundation": cfg.to_dict()["foundation"],
                           "lasan": cfg.lasan.to_dict()})
-    run_dir = cfg.out / "runs" / "foundation_pretrained"
+    tc = cfg.foundation_training
+    run_dir = cfg.out / "runs" / "foundation_pretrained" / f"seed{tc.seed}"
     _prepare_run_dir(run_dir, digest)
     path = run_dir / "encoder.pt"
     if path.is_file():
         return torch.load(path, map_location="cpu", weights_only=True)
-    tc = cfg.foundation_training
     if tc.num_threads:
         torch.set_num_threads(int(tc.num_threads))
     seed_everything(tc.seed)
@@ -360,8 +367,12 @@ def _train_foundation_alone(cfg: GridConfig, name: str, cohort: Cohort, run_dir:
     return model.eval(), info
 
 
-def _run_row(cfg: GridConfig, name: str, cohort: Cohort, progress: bool) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    run_dir = cfg.out / "runs" / name
+def _run_dir(cfg: GridConfig, name: str, seed: int | None) -> Path:
+    return cfg.out / "runs" / name / (f"seed{seed}" if seed is not None else "")
+
+
+def _run_row(cfg: GridConfig, name: str, cohort: Cohort, progress: bool, run_dir: Path):
+    """One training seed of one row (``cfg`` = :meth:`GridConfig.for_seed`): cached or trained, then scored."""
     digest = _row_digest(cfg, name, cohort)
     cached = _load_cached(run_dir, digest)
     if cached is not None:
@@ -369,7 +380,7 @@ def _run_row(cfg: GridConfig, name: str, cohort: Cohort, progress: bool) -> tupl
         return cached
     _prepare_run_dir(run_dir, digest)
     started = time.monotonic()
-    log.info("%s: training", name)
+    log.info("%s: training (%s)", name, run_dir)
     if name == "clinical_lr":
         probs, info = _clinical_lr(cfg, cohort)
     else:
@@ -385,19 +396,38 @@ def _run_row(cfg: GridConfig, name: str, cohort: Cohort, progress: bool) -> tupl
     return probs, {"digest": digest, **info}
 
 
+def _run_seeds(cfg: GridConfig, name: str, cohort: Cohort, progress: bool):
+    """A row over all training seeds: the mean of the seeds' probabilities, and each seed's own."""
+    seeds: tuple[int | None, ...] = (None,) if name == "clinical_lr" else cfg.seeds  # deterministic: one fit
+    per_seed: dict[str, dict[str, np.ndarray]] = {}
+    infos: dict[str, Any] = {}
+    for seed in seeds:
+        cfg_s = cfg if seed is None else cfg.for_seed(seed)
+        probs, info = _run_row(cfg_s, name, cohort, progress, _run_dir(cfg, name, seed))
+        per_seed[str(seed)], infos[str(seed)] = probs, info
+    mean = {split: np.mean([p[split] for p in per_seed.values()], axis=0) for split in next(iter(per_seed.values()))}
+    seconds = sum(float(i.get("seconds") or 0.0) for i in infos.values())
+    return mean, per_seed, {"seeds": infos, "seconds": round(seconds, 1)}
+
+
 def _run_masking(cfg: GridConfig, cohort: Cohort) -> dict[str, np.ndarray]:
-    """Test probabilities of the masking model with each lead group zeroed (key = group name)."""
+    """Test probabilities of the masking model with each lead group zeroed, the mean over the training
+    seeds as for the unmasked row (key ``g<i>`` = the i-th configured group)."""
+    per_seed = [_mask_one_seed(cfg.for_seed(seed), cohort, _run_dir(cfg, f"masking_{cfg.masking_model}", seed),
+                               _run_dir(cfg, cfg.masking_model, seed)) for seed in cfg.seeds]
+    return {k: np.mean([m[k] for m in per_seed], axis=0) for k in per_seed[0]}
+
+
+def _mask_one_seed(cfg: GridConfig, cohort: Cohort, run_dir: Path, model_dir: Path) -> dict[str, np.ndarray]:
     from lasan.checkpoint import load_checkpoint
     from lasan.train.cli import CHECKPOINT_NAME
 
-    name = cfg.masking_model
-    digest = spec_digest({"model": _row_digest(cfg, name, cohort), "groups": list(cfg.masking_groups)})
-    run_dir = cfg.out / "runs" / f"masking_{name}"
+    digest = spec_digest({"model": _row_digest(cfg, cfg.masking_model, cohort), "groups": list(cfg.masking_groups)})
     cached = _load_cached(run_dir, digest)
     if cached is not None:
-        return {k: cached[0][k] for k in sorted(cached[0])}
+        return cached[0]
     _prepare_run_dir(run_dir, digest)
-    model = load_checkpoint(cfg.out / "runs" / name / CHECKPOINT_NAME).model
+    model = load_checkpoint(model_dir / CHECKPOINT_NAME).model
     leads = tuple(cfg.lasan.input.leads)
     x = cohort.arrays["test"].x
     masked = {}
@@ -425,12 +455,13 @@ def run_grid(cfg: GridConfig, docs: Path | None = None, progress: bool = False, 
         torch.set_num_threads(int(cfg.training.num_threads))
     cohort = prepare_cohort(cfg, progress)
     probs: dict[str, dict[str, np.ndarray]] = {}
+    per_seed: dict[str, dict[str, dict[str, np.ndarray]]] = {}
     infos: dict[str, dict[str, Any]] = {}
     for name in cfg.runs():
-        probs[name], infos[name] = _run_row(cfg, name, cohort, progress)
+        probs[name], per_seed[name], infos[name] = _run_seeds(cfg, name, cohort, progress)
     masked_by_key = _run_masking(cfg, cohort) if cfg.masking_groups else {}
     masked = {group: masked_by_key[f"g{i}"] for i, group in enumerate(cfg.masking_groups)}
-    results = analyse(cfg, cohort.arrays, probs, masked, infos)
+    results = analyse(cfg, cohort.arrays, probs, masked, infos, per_seed)
     results["cohort"] = cohort.summary
     results["config"] = cfg.to_dict()
     results["command"] = command or f"lasan experiments --out {cfg.out}"

@@ -139,7 +139,7 @@ def test_foundation_alone_linear_probe_trains_only_the_head():
 
 @pytest.mark.slow
 def test_smoke_grid_runs_every_row_writes_the_table_and_resumes(tmp_path):
-    """configs/experiments_smoke.yaml end to end through the CLI (tiny cohort, 1-2 epochs): about a minute."""
+    """configs/experiments_smoke.yaml end to end through the CLI (tiny cohort, 1-2 epochs, 2 seeds): about a minute."""
     from lasan.cli import main
 
     out, docs = tmp_path / "grid", tmp_path / "docs" / "experiments.md"
@@ -164,14 +164,18 @@ def test_smoke_grid_runs_every_row_writes_the_table_and_resumes(tmp_path):
     # One pretrained encoder for every strategy: the frozen hybrid's encoder IS the FM rows' encoder.
     from lasan.checkpoint import load_checkpoint
 
-    encoder = torch.load(out / "runs" / "foundation_pretrained" / "encoder.pt", weights_only=True)
-    frozen = load_checkpoint(out / "runs" / "hybrid_linear_probe" / "checkpoint.pt").model.foundation.state_dict()
-    assert all(torch.equal(encoder[k], frozen[k]) for k in encoder)
+    for seed in (0, 1):
+        encoder = torch.load(out / "runs" / "foundation_pretrained" / f"seed{seed}" / "encoder.pt", weights_only=True)
+        frozen = load_checkpoint(out / "runs" / "hybrid_linear_probe" / f"seed{seed}" / "checkpoint.pt")
+        assert all(torch.equal(encoder[k], frozen.model.foundation.state_dict()[k]) for k in encoder)
+    # Two training seeds per trained row, each reported; the deterministic clinical model is fitted once.
+    assert len(results["models"]["lasan"]["single_seed"]) == 2 and len(results["models"]["clinical_lr"]["single_seed"]) == 1
+    assert "single seeds" in text
 
     # Resume: a row whose result was lost is rescored from its checkpoint, not retrained; the rest is reused.
-    ckpt = out / "runs" / "lasan" / "checkpoint.pt"
+    ckpt = out / "runs" / "lasan" / "seed1" / "checkpoint.pt"
     stamp = ckpt.stat().st_mtime_ns
-    (out / "runs" / "lasan" / "result.json").unlink()
+    (out / "runs" / "lasan" / "seed1" / "result.json").unlink()
     assert main(argv) == 0
     again = json.loads((out / "experiments.json").read_text())
     assert ckpt.stat().st_mtime_ns == stamp
