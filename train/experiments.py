@@ -64,6 +64,7 @@ DOCS_PATH = Path("docs") / "experiments.md"
 _PRED = "predictions.npz"
 _RESULT = "result.json"
 _SPEC = "spec.json"
+_GENERATOR = "generator.json"  # in the cohort folder: the generator digest that wrote it
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -154,6 +155,17 @@ def _file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _generator_digest() -> str:
+    """Hash of the cohort generator's source (``lasan.train.synth*``): which code wrote a cohort."""
+    import lasan.train as package
+
+    h = hashlib.sha256()
+    for path in sorted(Path(package.__file__).parent.glob("synth*.py")):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def prepare_cohort(cfg: GridConfig, progress: bool = False) -> Cohort:
     """Synthesise the cohort if needed (``lasan synth``, the command a user runs), split, preprocess.
 
@@ -169,8 +181,17 @@ def prepare_cohort(cfg: GridConfig, progress: bool = False) -> Cohort:
             raise ConfigError(f"data.manifest {manifest} does not exist; write one or use data.synth")
     else:
         manifest = cfg.cohort_dir / "manifest.csv"
+        stamp = cfg.cohort_dir / _GENERATOR
+        generator = _generator_digest()
+        current = stamp.is_file() and json.loads(stamp.read_text()).get("digest") == generator
+        if manifest.is_file() and not current and cfg.cohort_dir == cfg.out / "cohort":
+            # The grid's own cohort, written by an older generator: the table must describe today's cohort.
+            log.warning("the cohort generator changed since %s was written: regenerating it", cfg.cohort_dir)
+            shutil.rmtree(cfg.cohort_dir)
         if manifest.is_file():
             log.info("reusing the cohort in %s (delete the folder to regenerate it)", manifest.parent)
+            if not current:
+                log.warning("%s may come from an older cohort generator; delete it to regenerate", cfg.cohort_dir)
         else:
             from lasan.cli import main as lasan_main
 
@@ -180,6 +201,7 @@ def prepare_cohort(cfg: GridConfig, progress: bool = False) -> Cohort:
             log.info("synthesising the cohort: lasan %s", " ".join(argv))
             if lasan_main(argv) != 0 or not manifest.is_file():
                 raise ConfigError(f"lasan synth did not write {manifest}")
+            stamp.write_text(json.dumps({"digest": generator}))
     rows = list(read_manifest(manifest))
     synthetic = bool(rows) and all(str(r.get("synthetic", "") or "").lower() in ("1", "true", "yes") for r in rows)
     split = patient_split(rows, seed=cfg.data.split_seed)

@@ -180,6 +180,12 @@ def test_smoke_grid_runs_every_row_writes_the_table_and_resumes(tmp_path):
     again = json.loads((out / "experiments.json").read_text())
     assert ckpt.stat().st_mtime_ns == stamp
     assert again["models"] == results["models"] | {"lasan": again["models"]["lasan"]}
+    # A cohort written by another version of the generator is regenerated, so the table describes today's cohort.
+    stamp, manifest = out / "cohort" / "generator.json", out / "cohort" / "manifest.csv"
+    stamp.write_text(json.dumps({"digest": "an older generator"}))
+    written = manifest.stat().st_mtime_ns
+    assert main(argv) == 0
+    assert manifest.stat().st_mtime_ns != written and "older" not in stamp.read_text()
     for key in ("macro_auroc", "auroc_ARVC"):  # rescored from the same checkpoint: the same AUROCs
         assert again["models"]["lasan"]["metrics"][key]["estimate"] == pytest.approx(
             results["models"]["lasan"]["metrics"][key]["estimate"], abs=1e-9
