@@ -411,3 +411,17 @@ def test_borderline_qtc_controls_measure_in_the_grey_zone(control_profiles) -> N
     grey = [p for p in control_profiles if "borderline_qtc" in p.confounders][:15]
     qtc = np.array([_clean(p, i)[1]["qtc_fridericia_ms"] for i, p in enumerate(grey)])
     assert 430 < np.median(qtc) < 470
+
+
+@pytest.mark.parametrize("site", ALL_SITES, ids=lambda s: s.name)
+def test_every_site_writes_its_own_format_and_read_ecg_reads_it_back(site, tmp_path: Path) -> None:
+    from lasan.formats import write_ecg
+
+    record, _ = synthesize_ecg(np.random.default_rng(4), "control", site=site, patient_id="P1",
+                               acquired_at="2022-03-04T05:06:07")
+    fmt = {"hl7": "hl7-ed", "dicom": "dicom", "wfdb": "wfdb"}[site.format]
+    suffix = {"hl7-ed": ".hl7", "dicom": ".dcm", "wfdb": ""}[fmt]
+    path = write_ecg(record, tmp_path / f"ecg{suffix}", fmt=fmt, **({"control_id": "C1"} if fmt == "hl7-ed" else {}))
+    back = read_ecg(path).in_standard_order()
+    assert back.fs == pytest.approx(site.fs) and back.leads == STANDARD_LEADS
+    np.testing.assert_allclose(back.signal, record.in_standard_order().signal, atol=3e-3)
