@@ -18,6 +18,7 @@ from typing import TextIO
 from lasan.client.api import DEFAULT_URL, AsyncTritonScorer
 from lasan.client.score import ModelInfo, Score
 from lasan.errors import LasanError, TritonUnavailableError
+from lasan.formats import FORMATS_HELP
 from lasan.record import ECGRecord
 from lasan.tensor_names import ENSEMBLE_MODEL
 
@@ -41,7 +42,7 @@ class _FileResult:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("files", nargs="+", metavar="FILE", help="ECG files: DICOM, HL7 v2, WFDB (.hea)")
+    parser.add_argument("files", nargs="+", metavar="FILE", help="ECG files: " + FORMATS_HELP)
     parser.add_argument("--url", default=DEFAULT_URL, help=f"Triton gRPC address (default {DEFAULT_URL})")
     parser.add_argument("--model", default=ENSEMBLE_MODEL, help=f"Triton model name (default {ENSEMBLE_MODEL})")
     parser.add_argument("--json", action="store_true", help="one JSON object per file on stdout (JSON lines)")

@@ -1,4 +1,5 @@
-"""The watch folder: DICOM and HL7 files that ECG carts export into a shared folder.
+"""The watch folder: DICOM, HL7 and ECG-system export files (GE MUSE, Philips Sierra, HL7 aECG,
+SCP-ECG, Mortara XML, EDF) that ECG carts and ECG management systems write into a shared folder.
 
 Polling (portable to network shares where inotify does not see remote writes). A file
 is taken only after its size and modification time have not changed for ``stable_s``
@@ -8,7 +9,7 @@ verdict, same reason), and only when stored is it moved to ``processed/``. A fil
 intake refuses goes to ``rejected/`` with ``<name>.reason.txt`` beside it; a file that could
 not be stored (the queue is unwritable) stays where it is for the next scan.
 A crash between storing and moving is harmless: the idempotency key (HL7 MSH-3/4/10,
-DICOM SOP Instance UID) makes the second intake a no-op.
+DICOM SOP Instance UID, a hash of an export file's bytes) makes the second intake a no-op.
 """
 
 from __future__ import annotations
@@ -21,11 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from lasan.errors import QueueStorageError
+from lasan.formats import VENDOR_FORMATS
 from lasan.integration.config import WatchConfig
 from lasan.integration.intake import Accepted, Intake, Source
 from lasan.integration.logs import event
 
-__all__ = ["WatchFolder", "PROCESSED", "REJECTED"]
+# One file each: HL7, DICOM and the ECG-system exports (a WFDB record is several files).
+WATCH_FORMATS = ("hl7", "dicom", *VENDOR_FORMATS)
+
+__all__ = ["WatchFolder", "WATCH_FORMATS", "PROCESSED", "REJECTED"]
 
 log = logging.getLogger("lasan.integration.watch")
 
@@ -100,7 +105,7 @@ class WatchFolder:
         except OSError as exc:
             self.metrics.received.labels("watch").inc()
             return self._reject(path, f"cannot read the file: {exc.strerror or exc}")
-        outcome = self.intake.accept(raw, Source("watch", suffix=path.suffix.lower(), sender="WATCH"))
+        outcome = self.intake.accept(raw, Source("watch", formats=WATCH_FORMATS, suffix=path.suffix.lower(), sender="WATCH"))
         if isinstance(outcome, Accepted):
             self._move(path, PROCESSED)
             self.metrics.acks.labels("watch_stored").inc()

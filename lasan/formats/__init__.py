@@ -1,8 +1,10 @@
-"""Readers and writers for ECG formats: DICOM waveforms, HL7 v2 ORU (NA / ED), WFDB.
+"""Readers and writers for ECG formats: DICOM waveforms, HL7 v2 ORU (NA / ED), WFDB, and the
+ECG-management-system exports (GE MUSE XML, Philips Sierra XML, HL7 aECG, SCP-ECG, Mortara
+XML, EDF/EDF+: :mod:`.vendor`, read only).
 
 :func:`read_ecg` is the one entry point: it recognises the format from the content
 (DICOM ``DICM`` magic at byte 128, HL7 ``MSH`` at the start, possibly after an MLLP
-start byte) or, failing that, from the name (``.dcm``, ``.hl7``, ``.hea``, a WFDB
+start byte, the vendor formats' XML root or binary header) or, failing that, from the name (``.dcm``, ``.hl7``, ``.hea``, a WFDB
 record base path). Every reader returns an :class:`~lasan.record.ECGRecord` in mV with
 canonical lead names and the missing-but-derivable limb leads added and flagged.
 
@@ -17,15 +19,21 @@ from pathlib import Path
 
 from ..errors import ECGFormatError, MalformedECGError, UnsupportedFormatError
 from ..record import ECGRecord
+from .vendor import VENDOR_FORMATS, sniff_vendor  # numpy only: ecgdatakit is imported when a file is read
 
-__all__ = ["FORMATS", "detect_format", "read_ecg", "write_ecg"]
+__all__ = ["FORMATS", "FORMATS_HELP", "VENDOR_FORMATS", "detect_format", "read_ecg", "write_ecg"]
 
-FORMATS = ("dicom", "hl7", "wfdb")
-_HEAD_BYTES = 132
+FORMATS = ("dicom", "hl7", "wfdb", *VENDOR_FORMATS)
+# For --help of the commands that read ECG files (lasan inspect, lasan score).
+FORMATS_HELP = (
+    "DICOM ECG waveform, HL7 v2 ORU (NA or ED), WFDB (.hea), GE MUSE XML, Philips Sierra XML "
+    "(1.03/1.04/1.04.01), HL7 aECG, SCP-ECG, Mortara/Welch Allyn ELI XML, EDF/EDF+ (12-lead)"
+)
+_HEAD_BYTES = 4096  # XML roots can follow a prolog and comments, and UTF-16 doubles them
 
 
 def detect_format(source: str | os.PathLike[str] | bytes, *, suffix: str = "") -> str:
-    """``"dicom"``, ``"hl7"`` or ``"wfdb"`` for a path or the bytes of a file.
+    """``"dicom"``, ``"hl7"``, ``"wfdb"`` or a vendor format (:data:`VENDOR_FORMATS`) for a path or bytes.
 
     ``suffix`` (``.hl7``, ``.dcm``) names the file or channel the bytes came from; like a
     path's suffix, it decides only when the content does not (so that a broken HL7 message
@@ -58,13 +66,19 @@ def _detect_bytes(head: bytes, *, name: str, suffix: str) -> str:
     text = head.lstrip(b"\x0b\xef\xbb\xbf\xff\xfe \t\r\n").replace(b"\0", b"")
     if text.startswith(b"MSH"):
         return "hl7"
+    vendor = sniff_vendor(head)
+    if vendor is not None:
+        return vendor
     if suffix in (".dcm", ".dicom"):
         return "dicom"  # the DICOM reader explains what is wrong with it
     if suffix in (".hl7", ".oru", ".msg"):
         return "hl7"
+    if suffix in (".scp", ".edf"):
+        return {".scp": "scp-ecg", ".edf": "edf"}[suffix]  # the reader explains what is wrong with it
     raise UnsupportedFormatError(
         f"{name} is not an ECG format LASAN reads: no DICOM 'DICM' marker, no HL7 'MSH' header, "
-        "not a WFDB .hea record (LASAN reads DICOM ECG waveforms, HL7 v2 ORU and WFDB)"
+        "not a WFDB .hea record, not a GE MUSE / Philips Sierra / HL7 aECG / Mortara XML, SCP-ECG or EDF file "
+        "(LASAN reads DICOM ECG waveforms, HL7 v2 ORU, WFDB and those ECG-system exports)"
     )
 
 
@@ -74,7 +88,7 @@ def read_ecg(source: str | os.PathLike[str] | bytes, *, fmt: str | None = None) 
     Args:
         source: a path (for WFDB, the ``.hea`` or record base path) or the bytes of a
             DICOM file or HL7 message.
-        fmt: ``"dicom"``, ``"hl7"`` or ``"wfdb"`` to skip detection.
+        fmt: one of :data:`FORMATS` to skip detection.
 
     Raises:
         ECGFormatError: or one of its subclasses (UnsupportedFormatError,
@@ -90,6 +104,10 @@ def read_ecg(source: str | os.PathLike[str] | bytes, *, fmt: str | None = None) 
         from lasan.hl7.oru import read_hl7
 
         return read_hl7(source)
+    if fmt in VENDOR_FORMATS:
+        from .vendor import read_vendor
+
+        return read_vendor(source, fmt)
     if fmt == "wfdb":
         if isinstance(source, bytes):
             raise UnsupportedFormatError("a WFDB record is a header plus signal files: pass its path, not bytes")

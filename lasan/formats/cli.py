@@ -17,12 +17,13 @@ from typing import Any
 
 from ..errors import LasanError
 from ..record import ECGRecord
+from . import FORMATS_HELP
 
 __all__ = ["configure", "run", "describe", "inspect_file"]
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("files", nargs="+", metavar="FILE", help="DICOM, HL7 or WFDB (.hea) ECG files")
+    parser.add_argument("files", nargs="+", metavar="FILE", help="ECG files: " + FORMATS_HELP)
     parser.add_argument("--json", action="store_true", help="one JSON object per file, one per line")
 
 
