@@ -2,7 +2,8 @@
 
 One run: (synthesise the cohort if the config asks) -> read the manifest -> patient-level
 70/15/15 split -> preprocess and cache -> (pretrain a builtin hybrid encoder) -> train
-with early stopping -> choose the operating points on validation -> write one
+with early stopping -> fit the calibration (temperature scaling) on validation logits ->
+choose the operating points on calibrated validation probabilities -> write one
 self-contained checkpoint (``<output>/checkpoint.pt``) that ``lasan build`` and
 ``lasan evaluate`` read. ``<output>/train_state.pt`` holds the per-epoch training state
 for ``--resume``; ``<output>/history.json`` the per-epoch numbers.
@@ -28,7 +29,7 @@ from lasan.models.encoders import HUBERT_LICENSE, self_contained_spec
 from lasan.train.dataset import ECGArrays, load_arrays
 from lasan.train.pretrain import pretrain_encoder
 from lasan.train.train_config import TrainConfig, load_train_config
-from lasan.train.trainer import predict, resolve_device, seed_everything, train_model
+from lasan.train.trainer import predict_logits, resolve_device, seed_everything, train_model
 
 __all__ = ["configure", "run", "train_from_config", "CHECKPOINT_NAME", "STATE_NAME"]
 
@@ -178,10 +179,25 @@ def train_from_config(cfg: TrainConfig, resume: bool = False, device: str | None
         model, arrays["train"], arrays["val"], tcfg, state_path=state_path, resume=resume, device=dev, progress=progress
     )
     model = result.model.cpu()
-    val_probs = predict(model, arrays["val"])
+    from lasan.train.calibration import calibrated_probs, choose_calibration
     from lasan.train.metrics import summary_metrics
     from lasan.train.operating_points import choose_operating_points
 
+    val_logits = predict_logits(model, arrays["val"])
+    calibration: dict[str, Any] = {}
+    if tcfg.calibration != "none":
+        calibration = choose_calibration(val_logits, arrays["val"].y, tcfg.calibration)
+        log.info(
+            "calibration (%s) on %d validation ECGs: NLL %.3f -> %.3f, ECE %.3f -> %.3f%s",
+            calibration["method"],
+            calibration["n"],
+            calibration["nll_before"],
+            calibration["nll_after"],
+            calibration["ece_before"],
+            calibration["ece_after"],
+            f", T = {calibration['temperature']:.3f}" if calibration["method"] == "temperature" else "",
+        )
+    val_probs = calibrated_probs(val_logits, calibration or None)  # what is served
     thresholds = choose_operating_points(val_probs, arrays["val"].y, classes)
     val_metrics = summary_metrics(arrays["val"].y, val_probs, classes)
     training = cfg.to_dict()
@@ -206,7 +222,11 @@ def train_from_config(cfg: TrainConfig, resume: bool = False, device: str | None
         "device": str(dev),
     }
     info = CheckpointInfo(
-        thresholds=thresholds, metrics=_finite(metrics), data_summary=data_summary, training=_finite(training)
+        thresholds=thresholds,
+        calibration=_finite(calibration),
+        metrics=_finite(metrics),
+        data_summary=data_summary,
+        training=_finite(training),
     )
     path = save_checkpoint(out / CHECKPOINT_NAME, model, info, assets)
     (out / "history.json").write_text(json.dumps(_finite(metrics), indent=2))

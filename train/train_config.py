@@ -11,7 +11,8 @@ Layout (every key except ``output`` and one of ``data.manifest`` / ``data.synth`
     model:                           # LASANConfig fields, or kind: hybrid with lasan/encoder/fusion_dim
       kind: lasan
     training: {epochs, batch_size, lr, encoder_lr, weight_decay, focal_gamma, focal_alpha,
-               patience, seed, num_threads, augment, device}
+               patience, seed, num_threads, augment, device,
+               aggregator_entropy, lead_dropout, calibration}   # the last three: see TrainingConfig
     pretrain: {epochs, batch_size, lr, mask_ratio, n_masks}   # hybrid builtin encoders only
 """
 
@@ -64,6 +65,18 @@ class TrainingConfig:
     num_threads: int | None = None  # torch CPU threads; None = torch default
     augment: bool = True
     device: str = "auto"  # auto | cpu | cuda
+    # Beyond the paper (0 = the paper's plain aggregator): weight of the mean entropy of the
+    # lead-aggregator softmax, normalised to [0, 1] by log(leads), added to the focal loss.
+    # It pushes the aggregator to commit to few leads instead of staying near uniform.
+    aggregator_entropy: float = 0.0
+    # Beyond the paper (0 = off): probability that each lead of a training ECG is zeroed
+    # (all-zero model-input row = a zeroed mV lead after preprocessing; at least one lead is
+    # kept). Teaches the model to tolerate a missing lead, so occlusion importance measures
+    # evidence rather than out-of-distribution surprise.
+    lead_dropout: float = 0.0
+    # Post-hoc calibration fitted on validation: temperature | vector | auto | none
+    # (auto = vector scaling only where it clearly beats temperature; lasan.train.calibration).
+    calibration: str = "temperature"
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "patience"):
@@ -77,6 +90,14 @@ class TrainingConfig:
             raise ConfigError("training.focal_alpha must be 'balanced', a list of per-class weights, or null")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"training.device must be auto, cpu or cuda, got {self.device!r}")
+        if self.aggregator_entropy < 0:
+            raise ConfigError("training.aggregator_entropy must be >= 0 (0 = the paper's aggregator)")
+        if not 0.0 <= self.lead_dropout < 1.0:
+            raise ConfigError("training.lead_dropout must be in [0, 1) (the probability of zeroing each lead)")
+        if self.calibration not in ("temperature", "vector", "auto", "none"):
+            raise ConfigError(
+                f"training.calibration must be temperature, vector, auto or none, got {self.calibration!r}"
+            )
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,9 @@ Transfer strategies (hybrid models, ``EncoderSpec.strategy``): ``linear_probe`` 
 the foundation encoder frozen, ``finetune`` trains it at ``lr``, ``lp_ft`` keeps it frozen
 for ``lp_epochs`` and then trains it at ``encoder_lr`` (default ``lr / 10``) so that the
 pretrained features are not destroyed by the large early gradients of a fresh head.
+
+Beyond the paper (both off by default, ``TrainingConfig``): an entropy penalty on the
+lead-aggregator softmax (``aggregator_entropy``) and lead dropout (``lead_dropout``).
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ __all__ = [
     "focal_alpha",
     "foundation_frozen",
     "predict",
+    "predict_logits",
+    "drop_leads",
+    "aggregator_entropy",
     "train_model",
 ]
 
@@ -121,6 +127,38 @@ def _optimizer(model: nn.Module, cfg: TrainingConfig) -> torch.optim.Optimizer:
     else:
         groups = [{"params": list(model.parameters()), "lr": cfg.lr}]
     return torch.optim.Adam(groups, weight_decay=cfg.weight_decay)
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module, data: ECGArrays, batch_size: int = 64, device: torch.device | None = None
+) -> np.ndarray:
+    """Logits ``(N, C)`` in eval mode (the caller's mode is restored); what calibration is fitted on."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = [model(x.to(device))[0].cpu() for x, _ in batches(data, batch_size)]
+    model.train(was_training)
+    return torch.cat(out).double().numpy() if out else np.zeros((0, len(data.classes)))
+
+
+def drop_leads(x: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
+    """Zero each lead of ``x (B, L, T)`` with probability ``p``, keeping at least one lead per ECG.
+
+    A zero model-input row is exactly what preprocessing makes of a zeroed mV lead, so this
+    trains on the inputs that occlusion importance scores.
+    """
+    b, n_leads, _ = x.shape
+    drop = torch.rand(b, n_leads, generator=gen) < p  # (B, L)
+    keep = torch.randint(0, n_leads, (b,), generator=gen)
+    drop[torch.arange(b), keep] = False
+    return x * (~drop).unsqueeze(-1).to(x.dtype)
+
+
+def aggregator_entropy(weights: torch.Tensor) -> torch.Tensor:
+    """Mean entropy of the aggregator softmax ``(B, L)``, divided by log L (1 = uniform, 0 = one lead)."""
+    h = -(weights * torch.log(weights.clamp_min(1e-12))).sum(dim=-1)
+    return h.mean() / math.log(weights.shape[-1])
 
 
 @torch.no_grad()
@@ -230,9 +268,13 @@ def train_model(
         for x, y in epoch_batches:
             if augment is not None:
                 x = augment(x, gen)
+            if cfg.lead_dropout > 0:
+                x = drop_leads(x, cfg.lead_dropout, gen)
             x, y = x.to(device), y.to(device)
-            logits = model(x)[0]
+            logits, lead_weights, _ = model(x)
             loss = criterion(logits, y)
+            if cfg.aggregator_entropy > 0:
+                loss = loss + cfg.aggregator_entropy * aggregator_entropy(lead_weights)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -4,12 +4,15 @@
 
 * ``probabilities (B, C)``: ``softmax(scale * logits + bias)``; temperature scaling is
   ``scale = 1 / T``, ``bias = 0`` (vector scaling fits one scale and bias per class);
-* ``lead_importance (B, 8)``: occlusion importance. With ``c`` the predicted class,
-  ``drop_i = max(0, p_c(x) - p_c(x with lead i zeroed in mV))`` and
-  ``importance_i = (drop_i + eps / 8) / (sum_j drop_j + eps)``, ``eps = 1e-3``: the shares of
-  the decision that each lead carries; uniform when no lead's removal lowers ``p_c``, and a
-  change smaller than about 0.1 percentage points cannot dominate the picture (it would
-  otherwise be float noise, and in-process and served numbers could disagree on it);
+* ``lead_importance (B, 8)``: occlusion importance. With ``c`` the predicted class and
+  ``d_i = p_c(x) - p_c(x with lead i zeroed in mV)``,
+  ``w_i = max(0, d_i) + (eps / 8) * sigmoid(d_i / 0.1)`` and ``importance_i = w_i / sum_j w_j``,
+  ``eps = 1e-3``. That is each lead's share of the drop in the predicted class's probability,
+  plus a term of total mass below ``eps`` that (a) makes it uniform when no lead's removal
+  changes ``p_c``, (b) keeps changes of about 0.1 percentage points or less from dominating
+  the picture (they would be float noise, on which in-process and served numbers could
+  disagree), and (c) orders the leads whose removal *raises* ``p_c`` by how much, instead of
+  tying them at zero;
 * ``aggregator_weights (B, 8)``: the paper's lead-aggregator softmax, unchanged;
 * ``attention (B, layers, heads, 8, 8)``: the inter-lead attention maps.
 
@@ -58,8 +61,9 @@ def occlusion_importance(probs: torch.Tensor, occluded: torch.Tensor, eps: float
     c = torch.argmax(probs, dim=-1)  # (B,) predicted class
     p = probs.gather(1, c.unsqueeze(1))  # (B, 1)
     p_occ = occluded.gather(2, c.view(b, 1, 1).expand(b, n_leads, 1)).squeeze(2)  # (B, L)
-    drops = torch.clamp(p - p_occ, min=0.0)
-    return (drops + eps / n_leads) / (drops.sum(dim=-1, keepdim=True) + eps)
+    drops = p - p_occ
+    w = torch.clamp(drops, min=0.0) + (eps / n_leads) * torch.sigmoid(drops / 0.1)
+    return w / w.sum(dim=-1, keepdim=True)
 
 
 def _occluded_copies(lead_features: torch.Tensor, zero_feature: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ from lasan.preprocessing import InputSpec
 from lasan.train.dataset import Augment, ECGArrays
 from lasan.train.pretrain import pretrain_encoder, segment_mask
 from lasan.train.train_config import PretrainConfig, TrainConfig, TrainingConfig
-from lasan.train.trainer import foundation_frozen, train_model
+from lasan.train.trainer import aggregator_entropy, drop_leads, foundation_frozen, train_model
 
 T = 256
 TINY = LASANConfig(
@@ -233,6 +233,9 @@ def test_lasan_train_writes_a_self_contained_checkpoint_and_resumes(tiny_cohort,
     assert ckpt.info.data_summary["splits"]["train"]["patients"] > 0
     assert len(ckpt.info.metrics["history"]) == 2 and len(ckpt.info.metrics["pretrain_loss"]) == 1
     assert ckpt.config.encoder.strategy == "lp_ft"
+    # Calibration fitted on validation logits after training, stored, and what is served.
+    assert ckpt.info.calibration["fitted_on"] == "val" and ckpt.info.calibration["method"] == "temperature"
+    assert ckpt.info.temperature > 0 and ckpt.served_model().temperature == ckpt.info.temperature
     first = {k: v.clone() for k, v in ckpt.model.state_dict().items()}
     # --resume after the last epoch has nothing left to do and reproduces the same checkpoint weights
     assert main(["train", "--config", str(path), "--resume", "--device", "cpu", "--no-progress"]) == 0
@@ -248,3 +251,33 @@ def test_bad_config_file_is_reported_by_the_cli(tmp_path, capsys):
     path.write_text("output: x\ndata: {manifest: nowhere.csv}\ntraining: {epochs: 0}\n")
     assert main(["train", "--config", str(path)]) == 1
     assert "training.epochs" in capsys.readouterr().err
+
+
+# Beyond the paper: lead dropout and the aggregator entropy penalty (TrainingConfig).
+
+
+def test_lead_dropout_zeroes_whole_leads_and_keeps_one():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.ones(200, 8, 16)
+    out = drop_leads(x, 0.5, gen)
+    per_lead = out.abs().sum(-1)  # (B, L)
+    assert set(per_lead.unique().tolist()) <= {0.0, 16.0}  # a lead is either intact or all zero
+    assert (per_lead > 0).any(dim=1).all()  # never every lead of an ECG
+    share = float((per_lead == 0).float().mean())
+    assert 0.35 < share < 0.5  # about p, less the kept lead
+    almost_all = drop_leads(x, 0.999, gen).abs().sum(-1)
+    assert ((almost_all > 0).sum(dim=1) >= 1).all()
+
+
+def test_aggregator_entropy_is_one_for_uniform_and_zero_for_one_lead():
+    assert float(aggregator_entropy(torch.full((2, 8), 0.125))) == pytest.approx(1.0)
+    assert float(aggregator_entropy(torch.eye(8)[:2])) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_beyond_the_paper_options_are_validated():
+    with pytest.raises(ConfigError, match="aggregator_entropy"):
+        TrainingConfig(aggregator_entropy=-1.0)
+    with pytest.raises(ConfigError, match="lead_dropout"):
+        TrainingConfig(lead_dropout=1.0)
+    with pytest.raises(ConfigError, match="calibration"):
+        TrainingConfig(calibration="isotonic")
