@@ -47,6 +47,8 @@ FORMAT_NAMES: dict[str, str] = {fmt: name for fmt, (name, _, _) in _PARSERS.item
 MAX_VENDOR_BYTES = 32 * 1024 * 1024
 # EDF also carries sleep studies and Holter recordings: only resting-length ECGs are read.
 MAX_EDF_SECONDS = 600.0
+# SCP-ECG protocol versions published (1.0 ... 1.3, 2.0, 2.2, 3.0); ecgdatakit reads any.
+_SCP_VERSIONS = (1.0, 3.0)
 
 # Root element local name -> format. Sniffed on the first few KB, before any parsing.
 _XML_ROOTS = {"restingecgdata": "philips-sierra", "RestingECG": "ge-muse", "AnnotatedECG": "hl7-aecg", "ECG": "mortara"}
@@ -136,6 +138,11 @@ def read_vendor(source: str | os.PathLike[str] | bytes, fmt: str | None = None) 
             "export the ECG without a DTD"
         )
     parsed, caught = _parse(data, fmt, what)
+    version = str(getattr(parsed.file_format, "version", "") or "")
+    if fmt == "scp-ecg" and version and not _SCP_VERSIONS[0] <= float(version) <= _SCP_VERSIONS[1]:
+        raise UnsupportedFormatError(
+            f"{what} declares SCP-ECG version {version}; LASAN reads versions 1.0 to 3.0 (EN 1064 / ISO 11073-91064)"
+        )
     return _to_record(parsed, fmt, what, caught)
 
 
@@ -151,6 +158,7 @@ def _parse(data: bytes, fmt: str, what: str):
     """The library's record for ``data``, and its warnings; library errors become ours."""
     import importlib
 
+    from ecgdatakit.exceptions import ChecksumWarning
     from ecgdatakit.exceptions import UnsupportedFormatError as LibraryUnsupported
 
     _, module, cls_name = _PARSERS[fmt]
@@ -176,6 +184,12 @@ def _parse(data: bytes, fmt: str, what: str):
                     "ask for the file to be exported again"
                 ) from exc
     notes = tuple(_clean(w.message, path) for w in caught)
+    # The library reads what it can of a damaged file and warns; a clinical reading must not
+    # be made from part of an ECG or from samples whose checksum fails.
+    damaged = [note for w, note in zip(caught, notes, strict=True)
+               if issubclass(w.category, ChecksumWarning) or "truncated" in note.lower()]
+    if damaged:
+        raise MalformedECGError(f"{what} is truncated or corrupt ({damaged[0]}); ask for the file to be exported again")
     return record, notes
 
 
