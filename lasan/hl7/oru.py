@@ -22,7 +22,9 @@ Accepted (see docs/formats.md for the full list):
   units Hz or per second; a rate OBX whose OBX-4 sub-id extends a lead's sub-id
   belongs to that lead.
 * ED: OBX-2 = ED, OBX-5 = ``source^type^subtype^encoding^data`` with a DICOM subtype
-  and Base64 (or Hex) encoding; HL7 escapes are undone before decoding.
+  and Base64 (or Hex) encoding; HL7 escapes are undone before decoding. A payload of another
+  subtype (not a PDF/image/text report) is read when its content is an ECG-system export
+  (:mod:`lasan.formats.vendor`: GE MUSE XML, Philips Sierra XML, aECG, SCP-ECG, Mortara, EDF).
 
 The writer (:func:`build_oru`) has two styles: ``"na"`` (IHE PCD-style: one NM OBX
 ``67981^MDC_ATTR_SAMP_RATE^MDC``, then one NA OBX per lead, integer microvolts by
@@ -88,6 +90,9 @@ _VOLT_UNITS = {
     "v": 1e3, "volt": 1e3, "266400": 1e3, "mdc_dim_volt": 1e3,
 }
 _DICOM_SUBTYPES = {"dicom", "application/dicom"}
+# ED subtypes that are never an ECG waveform; any other payload is sniffed for an ECG-system export.
+_REPORT_SUBTYPES = {"pdf", "application/pdf", "jpeg", "image/jpeg", "png", "image/png", "tiff", "rtf", "html",
+                    "text/html", "plain", "text/plain"}
 _WRITE_RATE_CODE = "67981^MDC_ATTR_SAMP_RATE^MDC"
 _WRITE_RATE_UNITS = "264608^MDC_DIM_PER_SEC^MDC"
 _NA_UNITS = {"uV": "266419^MDC_DIM_MICRO_VOLT^MDC", "mV": "266418^MDC_DIM_MILLI_VOLT^MDC"}
@@ -468,6 +473,7 @@ def _rate_for(sub_id: str, rates: list[tuple[str, float, int]], lead: str, numbe
 
 def _ed_record(ed_fields: list[tuple[list[str], int]], delims: Delimiters) -> ECGRecord:
     from lasan.formats.dicom import read_dicom, with_source
+    from lasan.formats.vendor import FORMAT_NAMES, read_vendor, sniff_vendor
 
     for fields, number in ed_fields:
         value = fields[5] if len(fields) > 5 else ""
@@ -475,7 +481,8 @@ def _ed_record(ed_fields: list[tuple[list[str], int]], delims: Delimiters) -> EC
         if len(parts) < 5:
             continue
         subtype = unescape(parts[2], delims).strip().lower()
-        if subtype not in _DICOM_SUBTYPES:
+        is_dicom = subtype in _DICOM_SUBTYPES
+        if not is_dicom and subtype in _REPORT_SUBTYPES:
             continue  # e.g. a PDF report next to the waveform
         encoding = parts[3].strip().lower()
         data = re.sub(r"\s+", "", unescape(parts[4], delims))
@@ -488,23 +495,34 @@ def _ed_record(ed_fields: list[tuple[list[str], int]], delims: Delimiters) -> EC
                 raise HL7UnsupportedError(
                     f"OBX segment {number}: ED encoding {parts[3]!r} is not supported; use Base64"
                 )
-        except (binascii.Error, ValueError) as exc:
+        except (binascii.Error, ValueError, HL7UnsupportedError) as exc:
+            if not is_dicom:
+                continue  # an attachment of another kind: only its content could say it is an ECG
+            if isinstance(exc, HL7UnsupportedError):
+                raise
             raise HL7MalformedError(
                 f"OBX segment {number}: the ED payload is not valid {parts[3]} ({exc}); it may be truncated"
             ) from exc
+        # An ECG-system export (GE MUSE XML, SCP-ECG, ...) is recognised by its content, whatever
+        # subtype the sender gave it (XML, Octet-stream, SCP ...).
+        vendor = None if is_dicom else sniff_vendor(payload[:4096])
+        if not is_dicom and vendor is None:
+            continue
+        what = FORMAT_NAMES[vendor] if vendor else "DICOM"
         try:
-            record = read_dicom(payload)
+            record = read_vendor(payload, vendor) if vendor else read_dicom(payload)
         except ECGFormatError as exc:
             # The DICOM reader's error, restated as the HL7 message's error of the same kind.
             wrapped: type[ECGFormatError] | None = next(
                 (hl7 for base, hl7 in _WRAPPED if type(exc) is base), None)
             if wrapped is None:
                 raise
-            raise wrapped(f"OBX segment {number}: the embedded DICOM ECG is unusable: {exc}") from exc
+            raise wrapped(f"OBX segment {number}: the embedded {what} ECG is unusable: {exc}") from exc
         return with_source(record, "hl7-ed")
     raise HL7UnsupportedError(
-        "the ORU message has ED observations but none is a DICOM ECG "
-        "(expected OBX-5 = ^application^DICOM^Base64^<data>)"
+        "the ORU message has ED observations but none is a DICOM ECG or an ECG-system export "
+        "(expected OBX-5 = ^application^DICOM^Base64^<data>, or a GE MUSE / Philips / aECG / Mortara XML, "
+        "SCP-ECG or EDF file in Base64)"
     )
 
 

@@ -71,3 +71,46 @@ def test_every_vendor_format_reaches_the_watch_folder() -> None:
     from lasan.integration.watch import WATCH_FORMATS
 
     assert set(VENDOR_FORMATS) <= set(WATCH_FORMATS)
+
+
+def _ed_message(payload: bytes, subtype: str, control_id: str) -> bytes:
+    """An ORU^R01 whose ED OBX carries an ECG-system export instead of DICOM (as MUSE interfaces send)."""
+    import base64
+    import re
+
+    from lasan.formats.sample import sample_ecg
+    from lasan.hl7.oru import build_oru
+
+    message = build_oru(sample_ecg(), style="ed", control_id=control_id)
+    data = base64.b64encode(payload).decode()
+    out, n = re.subn(rb"\^application\^DICOM\^Base64\^[^|\r]*", f"^Application^{subtype}^Base64^{data}".encode(), message)
+    assert n == 1
+    return out
+
+
+@pytest.mark.parametrize("fmt, subtype", [("ge-muse", "XML"), ("scp-ecg", "Octet-stream"), ("hl7-aecg", "XML")])
+def test_hl7_ed_attachment_carrying_an_export_is_read_through_the_mllp_intake(fmt: str, subtype: str, tmp_path: Path) -> None:
+    from lasan.errors import HL7MalformedError
+    from lasan.integration.intake import Accepted, Refused, Source
+
+    export = BUILDERS[fmt]()
+    record = read_ecg(_ed_message(export, subtype, "ED1"))
+    assert record.acquisition.source_format == "hl7-ed"
+    np.testing.assert_array_equal(record.signal, read_ecg(export).signal)
+    assert record.derived_leads == read_ecg(export).derived_leads
+
+    intake = Intake(DurableQueue(tmp_path / "q.sqlite"), Metrics(), Health())
+    mllp = Source("hl7", formats=("hl7",), suffix=".hl7")
+    accepted = intake.accept(_ed_message(export, subtype, "ED2"), mllp)
+    assert isinstance(accepted, Accepted) and accepted.parsed is not None
+    assert accepted.parsed.record.leads == record.leads
+    refused = intake.accept(_ed_message(_corrupt(fmt, export), subtype, "ED3"), mllp)
+    assert isinstance(refused, Refused) and isinstance(refused.error, HL7MalformedError)
+    assert refused.answer.hl7_ack == "AE" and "truncated or corrupt" in refused.reason
+
+
+def test_hl7_ed_pdf_next_to_nothing_else_is_still_refused() -> None:
+    from lasan.errors import HL7UnsupportedError
+
+    with pytest.raises(HL7UnsupportedError, match="ECG-system export"):
+        read_ecg(_ed_message(b"%PDF-1.4 report", "PDF", "ED4"))
