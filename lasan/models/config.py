@@ -26,6 +26,11 @@ class LASANConfig:
     ff_dim: int = 512  # transformer feed-forward width (not in the paper; 2 x d_model)
     head_hidden: int = 128  # MLP 256 -> 128 -> classes
     dropout: float = 0.1  # not in the paper; the cohort is small, so some regularisation
+    # Beyond the paper (1.0 = the paper): the lead aggregator's softmax is taken of
+    # scores / aggregator_temperature. Below 1 it amplifies the small score differences of a
+    # freshly initialised query, which otherwise keep the weights at 1/8 (and the gradient of
+    # an entropy penalty at zero); see training.aggregator_entropy and docs/training.md.
+    aggregator_temperature: float = 1.0
 
     kind = "lasan"
 
@@ -34,6 +39,8 @@ class LASANConfig:
             raise ConfigError(f"the last CNN width ({self.cnn_channels[-1]}) must equal d_model ({self.d_model})")
         if self.d_model % self.n_heads:
             raise ConfigError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+        if not self.aggregator_temperature > 0:
+            raise ConfigError(f"aggregator_temperature must be positive, got {self.aggregator_temperature}")
         if self.kernel_size % 2 == 0:
             raise ConfigError("kernel_size must be odd so that convolutions keep samples centred")
         object.__setattr__(self, "classes", tuple(self.classes))

@@ -85,7 +85,7 @@ class LeadBranch(nn.Module):
         self.query = nn.Parameter(torch.randn(cfg.d_model) * 0.02)
         self.key = nn.Linear(cfg.d_model, cfg.d_model)
         self.value = nn.Linear(cfg.d_model, cfg.d_model)
-        self.scale = 1.0 / math.sqrt(cfg.d_model)
+        self.scale = 1.0 / (math.sqrt(cfg.d_model) * cfg.aggregator_temperature)
 
     def forward(self, lead_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = lead_features + self.lead_embedding  # (B, L, D)

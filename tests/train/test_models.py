@@ -189,3 +189,19 @@ def test_served_fusion_scripts_and_matches_eager(model):
         scripted = torch.jit.script(served.fusion_part())
         for a, b in zip(scripted(*features), served.fusion_part()(*features), strict=True):
             torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+
+def test_aggregator_temperature_sharpens_the_aggregator_and_defaults_to_the_paper():
+    import dataclasses
+
+    assert LASANConfig().aggregator_temperature == 1.0  # the paper's aggregator
+    torch.manual_seed(0)
+    plain = build_model(TINY).eval()
+    sharp = build_model(dataclasses.replace(TINY, aggregator_temperature=0.05)).eval()
+    sharp.load_state_dict(plain.state_dict())  # same weights: only the temperature differs
+    x = torch.randn(4, 8, 512)
+    with torch.no_grad():
+        w_plain, w_sharp = plain(x)[1], sharp(x)[1]
+    assert float(w_sharp.max(-1).values.mean()) > float(w_plain.max(-1).values.mean()) + 0.02
+    with pytest.raises(Exception, match="aggregator_temperature"):
+        LASANConfig(aggregator_temperature=0.0)
