@@ -14,6 +14,7 @@ from lasan.formats.sample import sample_ecg
 from lasan.leads import MODEL_LEADS, STANDARD_LEADS
 from lasan.record import PatientIdentity
 from lasan.tensor_names import (
+    OUTPUT_AGGREGATOR_WEIGHTS,
     OUTPUT_ATTENTION,
     OUTPUT_CONFIRMATION,
     OUTPUT_LEAD_IMPORTANCE,
@@ -138,6 +139,7 @@ def test_decoding_gives_a_typed_score_without_patient_data():
     assert score.confirmation == {"ARVC": False, "LQTS": True}
     assert list(score.lead_importance) == list(MODEL_LEADS)
     assert score.top_leads(3) == [("II", pytest.approx(0.3)), ("V1", pytest.approx(0.2)), ("V2", pytest.approx(0.1))]
+    assert score.aggregator_weights == {}  # a repository built before aggregator_weights was served
     assert score.attention.shape == (2, 4, 8, 8) and not score.attention.flags.writeable
     assert score.model_version == info.version and score.round_trip_ms == 12.5
     text = json.dumps(score.to_dict(include_attention=True))
@@ -145,6 +147,16 @@ def test_decoding_gives_a_typed_score_without_patient_data():
     assert json.loads(text)["thresholds"]["screening"]["LQTS"] == 0.25
     with pytest.raises(AttributeError):
         score.predicted_class = "ARVC"  # frozen
+
+
+def test_aggregator_weights_are_decoded_beside_the_faithful_importance():
+    info = model_info_from(_metadata(), _config(**BUILD_PARAMS))
+    outputs = _outputs() | {OUTPUT_AGGREGATOR_WEIGHTS: np.full((1, 8), 1 / 8, dtype=np.float32)}
+    score = decode_outputs(outputs, info, wire_ecg(sample_ecg(duration_s=3.0)), round_trip_ms=1.0)
+    assert list(score.aggregator_weights) == list(MODEL_LEADS)
+    assert score.aggregator_weights["V1"] == pytest.approx(0.125)
+    assert score.lead_importance["II"] == pytest.approx(0.3)  # the two are not mixed up
+    assert score.to_dict()["aggregator_weights"]["I"] == pytest.approx(0.125)
 
 
 def test_without_server_decisions_the_published_thresholds_decide():
