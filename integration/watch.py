@@ -22,13 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from lasan.errors import QueueStorageError
-from lasan.formats import VENDOR_FORMATS
+from lasan.formats import FORMATS
 from lasan.integration.config import WatchConfig
 from lasan.integration.intake import Accepted, Intake, Source
 from lasan.integration.logs import event
 
-# One file each: HL7, DICOM and the ECG-system exports (a WFDB record is several files).
-WATCH_FORMATS = ("hl7", "dicom", *VENDOR_FORMATS)
+# One file each: HL7, DICOM, the ECG-system exports, FHIR (a WFDB record is several files).
+WATCH_FORMATS = tuple(fmt for fmt in FORMATS if fmt != "wfdb")
 
 __all__ = ["WatchFolder", "WATCH_FORMATS", "PROCESSED", "REJECTED"]
 

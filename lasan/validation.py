@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from lasan.errors import BadWaveformError, HL7RequiredFieldError, HL7UnsupportedError, MissingLeadsError
-from lasan.formats import VENDOR_FORMATS, detect_format
+from lasan.formats import detect_format, read_ecg
 from lasan.hl7.encoding import DecodedMessage, MessageHeader, decode_message, read_header
 from lasan.hl7.oru import HL7ECGMessage, parse_oru
 from lasan.leads import MODEL_LEADS, STANDARD_LEADS
@@ -45,7 +45,7 @@ ACCEPTED_MESSAGE = "ORU^R01"
 class ParsedInput:
     """An input read once: what later steps take instead of the bytes."""
 
-    fmt: str  # "hl7" | "dicom" | "wfdb" | a vendor format (lasan.formats.VENDOR_FORMATS)
+    fmt: str  # "hl7" | "dicom" | "wfdb" | a vendor format (lasan.formats.VENDOR_FORMATS) | "fhir"
     record: ECGRecord
     message: HL7ECGMessage | None = None  # HL7: header and order context
     sop_instance_uid: str | None = None  # DICOM
@@ -155,11 +155,9 @@ class Reading:
             ds = read_dicom_dataset(self.data)
             record = dataset_to_record(ds, what="the DICOM data")
             return ParsedInput("dicom", record, sop_instance_uid=str(ds.get("SOPInstanceUID", "") or "") or None)
-        if self.fmt in VENDOR_FORMATS:
-            from lasan.formats.vendor import read_vendor
-
+        if self.fmt != "wfdb":  # one file's bytes: the vendor exports, FHIR
             assert self.data is not None
-            return ParsedInput(self.fmt, read_vendor(self.data, self.fmt))
+            return ParsedInput(self.fmt, read_ecg(self.data, fmt=self.fmt))
         from lasan.formats.wfdb_io import read_wfdb
 
         assert self._path is not None

@@ -19,15 +19,17 @@ from pathlib import Path
 
 from ..errors import ECGFormatError, MalformedECGError, UnsupportedFormatError
 from ..record import ECGRecord
+from .fhir import sniff_fhir  # fhir.resources is imported when a file is read
 from .vendor import VENDOR_FORMATS, sniff_vendor  # numpy only: ecgdatakit is imported when a file is read
 
 __all__ = ["FORMATS", "FORMATS_HELP", "VENDOR_FORMATS", "detect_format", "read_ecg", "write_ecg"]
 
-FORMATS = ("dicom", "hl7", "wfdb", *VENDOR_FORMATS)
+FORMATS = ("dicom", "hl7", "wfdb", *VENDOR_FORMATS, "fhir")
 # For --help of the commands that read ECG files (lasan inspect, lasan score).
 FORMATS_HELP = (
     "DICOM ECG waveform, HL7 v2 ORU (NA or ED), WFDB (.hea), GE MUSE XML, Philips Sierra XML "
-    "(1.03/1.04/1.04.01), HL7 aECG, SCP-ECG, Mortara/Welch Allyn ELI XML, EDF/EDF+ (12-lead)"
+    "(1.03/1.04/1.04.01), HL7 aECG, SCP-ECG, Mortara/Welch Allyn ELI XML, EDF/EDF+ (12-lead), "
+    "FHIR R4 ECG Observation (JSON, SampledData leads)"
 )
 _HEAD_BYTES = 4096  # XML roots can follow a prolog and comments, and UTF-16 doubles them
 
@@ -69,6 +71,8 @@ def _detect_bytes(head: bytes, *, name: str, suffix: str) -> str:
     vendor = sniff_vendor(head)
     if vendor is not None:
         return vendor
+    if sniff_fhir(head):
+        return "fhir"
     if suffix in (".dcm", ".dicom"):
         return "dicom"  # the DICOM reader explains what is wrong with it
     if suffix in (".hl7", ".oru", ".msg"):
@@ -77,7 +81,7 @@ def _detect_bytes(head: bytes, *, name: str, suffix: str) -> str:
         return {".scp": "scp-ecg", ".edf": "edf"}[suffix]  # the reader explains what is wrong with it
     raise UnsupportedFormatError(
         f"{name} is not an ECG format LASAN reads: no DICOM 'DICM' marker, no HL7 'MSH' header, "
-        "not a WFDB .hea record, not a GE MUSE / Philips Sierra / HL7 aECG / Mortara XML, SCP-ECG or EDF file "
+        "not a WFDB .hea record, not a GE MUSE / Philips Sierra / HL7 aECG / Mortara XML, SCP-ECG, EDF or FHIR file "
         "(LASAN reads DICOM ECG waveforms, HL7 v2 ORU, WFDB and those ECG-system exports)"
     )
 
@@ -108,6 +112,10 @@ def read_ecg(source: str | os.PathLike[str] | bytes, *, fmt: str | None = None) 
         from .vendor import read_vendor
 
         return read_vendor(source, fmt)
+    if fmt == "fhir":
+        from .fhir import read_fhir
+
+        return read_fhir(source)
     if fmt == "wfdb":
         if isinstance(source, bytes):
             raise UnsupportedFormatError("a WFDB record is a header plus signal files: pass its path, not bytes")

@@ -212,7 +212,7 @@ EXPECTED_MV = {
 }
 STORED_LEADS = {"ge-muse": EIGHT}
 SUFFIX = {"ge-muse": ".xml", "hl7-aecg": ".xml", "scp-ecg": ".scp", "mortara": ".xml", "edf": ".edf",
-          "philips-sierra": ".XML"}
+          "philips-sierra": ".XML", "fhir": ".json"}
 
 
 def test_every_vendor_format_has_a_builder_or_the_real_file() -> None:

@@ -1,15 +1,17 @@
-"""ECG-system exports through the entry points: the watch folder (the one intake every entry point
+"""ECG-system exports (and FHIR Observations) through the entry points: the watch folder (the one intake every entry point
 uses) stores one file of each vendor format and rejects a corrupt one of each with its reason, and
 ``lasan inspect`` gives the same verdict and reason for the same files."""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 import numpy as np
 import pytest
 from test_formats_vendor import BUILDERS, PATIENT_ID, PHILIPS, SUFFIX, _corrupt
+from test_formats_vendor_fhir import ecg_observation
 
 from lasan.formats import VENDOR_FORMATS, read_ecg
 from lasan.formats.cli import inspect_file
@@ -24,6 +26,7 @@ def _files() -> dict[str, bytes]:
     files = {fmt: build() for fmt, build in BUILDERS.items()}
     if PHILIPS.exists():
         files["philips-sierra"] = PHILIPS.read_bytes()
+    files["fhir"] = json.dumps(ecg_observation()).encode()
     return files
 
 
@@ -70,7 +73,7 @@ def test_watch_folder_takes_one_file_of_each_format_and_rejects_a_corrupt_one_wi
 def test_every_vendor_format_reaches_the_watch_folder() -> None:
     from lasan.integration.watch import WATCH_FORMATS
 
-    assert set(VENDOR_FORMATS) <= set(WATCH_FORMATS)
+    assert {*VENDOR_FORMATS, "fhir"} <= set(WATCH_FORMATS)
 
 
 def _ed_message(payload: bytes, subtype: str, control_id: str) -> bytes:
