@@ -81,17 +81,18 @@ def _observation(document: dict[str, Any], what: str):
             bundle = Bundle.model_validate(document)
             for entry in bundle.entry or []:
                 resource = entry.resource
-                if getattr(resource, "get_resource_type", lambda: "")() == "Observation" and any(
+                if isinstance(resource, Observation) and any(
                     c.valueSampledData is not None for c in (resource.component or [])
                 ):
                     return resource
             raise UnsupportedFormatError(f"{what} is a FHIR Bundle without an ECG Observation (lead components)")
     except ValidationError as exc:
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()))
+        errors = exc.errors()
+        where = ".".join(str(p) for p in errors[0]["loc"]) if errors else ""
+        message = errors[0]["msg"] if errors else str(exc)
         raise MalformedECGError(
             f"{what} is not a valid FHIR R4 {kind} ({exc.error_count()} problem(s), first at {where or 'the top'}: "
-            f"{first.get('msg', exc)}); fix the sender's FHIR export"
+            f"{message}); fix the sender's FHIR export"
         ) from exc
     raise UnsupportedFormatError(
         f"{what} is a FHIR {kind or 'document without resourceType'}, not an ECG Observation; "
