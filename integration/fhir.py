@@ -5,14 +5,14 @@ satisfy) before it leaves: a resource the library refuses is our bug, never sent
 written to the outbox (``<id>.fhir.json``) and, when a FHIR base URL is configured, POSTed to it
 as a ``transaction`` (FHIR RESTful API: a Bundle POSTed to the base).
 
-Codes (docs/integration.md):
+Codes (also in docs/formats.md, "FHIR"):
 
 * DiagnosticReport.code: LOINC ``11524-6`` "EKG study"; category ``CG`` (cardiodiagnostics, v2-0074).
 * Observation per class probability: local code ``probability-<class>`` in
   :data:`LASAN_CODES`, ``valueQuantity`` in UCUM ``1`` (a fraction 0-1).
 * Observation ``decision``: one component per disease class (local code ``<class>``) whose
   ``valueBoolean`` is the decision at the configured operating point (``screening`` or
-  ``confirmation``), its threshold in ``referenceRange.low``'s place as a component note.
+  ``confirmation``), its threshold as the component's ``referenceRange.text``.
 * Observation ``lead-importance``: one component per model lead, coded with its MDC code
   (``urn:oid:2.16.840.1.113883.6.24``), ``valueQuantity`` UCUM ``1``.
 * The model name and version are the Observations' ``method.text`` and the report's
