@@ -75,6 +75,7 @@ def sniff_vendor(head: bytes) -> str | None:
 
     Content only, never the name: an ``.xml`` file may be any of four formats.
     """
+    head = head[:4096]  # callers may pass a whole file's bytes
     if len(head) >= 256 and head[:8] == b"0       " and head[252:256].strip().isdigit():
         return "edf"  # EDF/EDF+ version field "0" padded to 8 bytes, then a numeric signal count
     if len(head) >= 32:
