@@ -45,18 +45,22 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bootstrap", type=int, default=500, help="bootstrap resamples for the report's CIs")
     parser.add_argument("--per-class", type=int, default=2, help="synthetic test ECGs drawn at random per class")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random showcase draw")
-    parser.add_argument("--normals", type=int, default=60, help="neurokit2 normal ECGs (evaluation and targets)")
+    parser.add_argument(
+        "--normals", type=int, default=40, help="neurokit2 normal ECGs for evaluation and targets (1-2 s each)"
+    )
     parser.add_argument("--fresh-patients", type=int, default=40, help="fresh patients for the targets' ECE check")
     parser.add_argument("--targets", action=argparse.BooleanOptionalAction, default=True, help="run lasan targets")
     parser.add_argument("--docs", default=None, help="also copy the report and targets table into this folder")
 
 
-def _step(title: str, argv: list[str]) -> None:
+def _step(title: str, argv: list[str], capture: io.StringIO | None = None) -> None:
+    """Run ``lasan ARGV`` in process; with ``capture`` its stdout goes there instead of the terminal."""
     from .cli import main as lasan_main
 
     print(f"\n=== {title}\n$ lasan {' '.join(argv)}", flush=True)
     started = time.monotonic()
-    code = lasan_main(argv)
+    with contextlib.redirect_stdout(capture) if capture is not None else contextlib.nullcontext():
+        code = lasan_main(argv)
     if code != 0:
         raise LasanError(f"step '{title}' failed (lasan {argv[0]} exited with {code})")
     print(f"--- {title}: {time.monotonic() - started:.0f} s", flush=True)
@@ -196,6 +200,8 @@ def run(args: argparse.Namespace) -> int:
                 str(args.normals),
                 "--seed",
                 str(args.seed),
+                "--cache-dir",  # the training cache: arrays and the neurokit2 normals the targets reuse
+                _rel(work / "cache"),
             ],
         )
     else:
@@ -232,12 +238,9 @@ def run(args: argparse.Namespace) -> int:
             "--report",
             _rel(work / "demo_report.pdf"),
         ]
-        buffer = io.StringIO()
-        with contextlib.redirect_stdout(buffer):  # JSON lines in, the demo's own table out
-            _step("score real and synthetic ECGs through the ensemble", [*argv, *(_rel(i.path) for i in items)])
+        buffer = io.StringIO()  # JSON lines in, the demo's own table out
+        _step("score real and synthetic ECGs through the ensemble", [*argv, *(_rel(i.path) for i in items)], buffer)
         scores = [json.loads(line) for line in buffer.getvalue().splitlines() if line.startswith("{")]
-        print("\n".join(line for line in buffer.getvalue().splitlines() if not line.startswith("{")))
-        print()
         print(score_table(items, scores))
         print(summary)
         if args.targets:
