@@ -44,7 +44,14 @@ from lasan.train.faithfulness import (
 )
 from lasan.train.independent_normals import NormalsSpec, normals_at_operating_points, simulate_normals
 from lasan.train.masking import attention_importance, compare_with_attention, lead_masking, masking_contrast, predict
-from lasan.train.metrics import disease_classes, ece_with_ci, patient_bootstrap, reliability_curve, sens_spec_at
+from lasan.train.metrics import (
+    disease_classes,
+    ece_noise_floor,
+    ece_with_ci,
+    patient_bootstrap,
+    reliability_curve,
+    sens_spec_at,
+)
 from lasan.train.operating_points import choose_operating_points, evaluate_operating_points
 from lasan.train.report import (
     REAL_DATA_CAVEAT,
@@ -246,6 +253,7 @@ def calibration_block(
         "n_patients": int(len(set(groups.tolist()))),
         "before": ece_with_ci(y, raw, groups, n_boot, seed),
         "after": ece_with_ci(y, calibrated, groups, n_boot, seed),
+        "noise_floor_after": ece_noise_floor(calibrated, seed=seed),
         "reliability_before": reliability_curve(y, raw, 15),
         "reliability_after": reliability_curve(y, calibrated, 15),
     }

@@ -33,6 +33,7 @@ __all__ = [
     "summary_metrics",
     "patient_bootstrap",
     "ece_with_ci",
+    "ece_noise_floor",
     "wilson_interval",
 ]
 
@@ -276,3 +277,27 @@ def wilson_interval(successes: int, n: int, level: float = 0.95) -> tuple[float,
     centre = (p + z * z / (2 * n)) / denom
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
     return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+def ece_noise_floor(probs: np.ndarray, n_reps: int = 500, seed: int = 0, n_bins: int = 15) -> dict[str, float]:
+    """ECE that a *perfectly calibrated* model with these confidences would show on this many ECGs.
+
+    Each replicate keeps the top-label confidences and draws "correct" with exactly that
+    probability, so any ECE it shows is sampling noise. On ~100 ECGs this floor is often
+    above 0.05: an observed ECE near the floor cannot be told apart from perfect calibration.
+
+    Returns ``{"mean", "p05", "p95"}`` over ``n_reps`` replicates (nan for no ECGs).
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    if len(probs) == 0:
+        return {"mean": float("nan"), "p05": float("nan"), "p95": float("nan")}
+    conf = probs.max(axis=1)
+    top = probs.argmax(axis=1)
+    other = (top + 1) % probs.shape[1]
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n_reps):
+        correct = rng.uniform(size=len(conf)) < conf
+        values.append(expected_calibration_error(np.where(correct, top, other), probs, n_bins))
+    p05, p95 = np.quantile(values, [0.05, 0.95])
+    return {"mean": float(np.mean(values)), "p05": float(p05), "p95": float(p95)}

@@ -283,16 +283,28 @@ def _trust_markdown(report: dict[str, Any]) -> list[str]:
             "",
             f"Calibration: {how}. Top-label ECE, 15 equal-width bins; 95 % CI by patient bootstrap.",
             "",
-            "| split | ECGs (patients) | ECE before (T = 1) | ECE after |",
-            "|---|---|---|---|",
+            "| split | ECGs (patients) | ECE before (T = 1) | ECE after | ECE of a perfectly calibrated model (sampling noise, 5-95 %) |",
+            "|---|---|---|---|---|",
         ]
         for name in ("test", "external"):
             block = cal.get(name)
             if block:
+                floor = block.get("noise_floor_after") or {}
+                noise = (
+                    f"{_fmt(floor.get('mean'))} ({_fmt(floor.get('p05'))} to {_fmt(floor.get('p95'))})"
+                    if floor
+                    else "n/a"
+                )
                 lines.append(
                     f"| {name} | {block['n_ecgs']} ({block['n_patients']}) | {_fmt_ci(block['before'])} | "
-                    f"{_fmt_ci(block['after'])} |"
+                    f"{_fmt_ci(block['after'])} | {noise} |"
                 )
+        lines += [
+            "",
+            "The last column is the ECE that a model whose probabilities were exactly right would still show on "
+            "this many ECGs with these confidences; an ECE inside that range cannot be told apart from perfect "
+            "calibration on this split.",
+        ]
     ops = report.get("operating_points") or {}
     if ops.get("test"):
         lines += [

@@ -32,7 +32,7 @@ from lasan.errors import ConfigError
 from lasan.record import ECGRecord
 from lasan.train.faithfulness import ServedOutputs, occluded_records, occlusion_drops, per_ecg_spearman
 from lasan.train.independent_normals import NormalsSpec, share_with_ci, simulate_normals
-from lasan.train.metrics import ece_with_ci, patient_bootstrap
+from lasan.train.metrics import ece_noise_floor, ece_with_ci, patient_bootstrap
 
 __all__ = ["TARGETS", "PARITY_TOLERANCE", "TargetResult", "configure", "run", "measure_targets", "to_markdown"]
 
@@ -223,6 +223,7 @@ def measure_targets(args: argparse.Namespace) -> tuple[list[TargetResult], dict[
 
         # 2. calibration on the test split and on freshly generated patients.
         ece = ece_with_ci(y, served.probs, groups, n_boot, seed)
+        details["ece_noise_floor"] = {"test": ece_noise_floor(served.probs, seed=seed)}
         results.append(
             TargetResult(
                 "ECE, test split",
@@ -245,6 +246,7 @@ def measure_targets(args: argparse.Namespace) -> tuple[list[TargetResult], dict[
         fy = np.array([classes.index(row.label) for row in fresh_rows])
         fg = np.array([row.patient_id for row in fresh_rows])
         ece = ece_with_ci(fy, fresh.probs, fg, n_boot, seed)
+        details["ece_noise_floor"]["fresh"] = ece_noise_floor(fresh.probs, seed=seed)
         results.append(
             TargetResult(
                 f"ECE, freshly generated patients (seed {args.fresh_seed})",
@@ -265,7 +267,9 @@ def measure_targets(args: argparse.Namespace) -> tuple[list[TargetResult], dict[
 
         # 3. independent normals at the screening point, and screening sensitivity on test.
         spec = NormalsSpec(n=args.normals, seed=args.normals_seed)
-        _, normal_flags = _score_all(scorer, simulate_normals(spec, args.normals_cache or work / "normals_cache"), disease)
+        _, normal_flags = _score_all(
+            scorer, simulate_normals(spec, args.normals_cache or work / "normals_cache"), disease
+        )
         share = share_with_ci(~normal_flags.any(axis=1))
         results.append(
             TargetResult(
@@ -338,6 +342,15 @@ def to_markdown(results: Sequence[TargetResult], details: dict[str, Any]) -> str
             "",
             f"For contrast, the paper's aggregator weights on the same ECGs: mean per-ECG Spearman "
             f"{faith['aggregator_weights_mean_spearman']:.3f}, mean maximum weight {faith['aggregator_weights_mean_max']:.3f}.",
+        ]
+    floor = details.get("ece_noise_floor") or {}
+    if floor:
+        parts = [f"{k} {v['mean']:.3f} ({v['p05']:.3f} to {v['p95']:.3f})" for k, v in floor.items()]
+        lines += [
+            "",
+            "ECE that a perfectly calibrated model with the same confidences would show on the same number of "
+            f"ECGs (sampling noise alone; mean, 5-95 %): {', '.join(parts)}. A bar below this floor cannot be "
+            "shown met on a split this small.",
         ]
     fresh = details.get("fresh_cohort")
     if fresh:

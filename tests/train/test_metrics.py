@@ -11,6 +11,7 @@ from scipy.stats import mannwhitneyu
 from lasan.train.metrics import (
     auroc,
     confusion_matrix,
+    ece_noise_floor,
     ece_with_ci,
     expected_calibration_error,
     macro_auroc,
@@ -259,3 +260,16 @@ def test_wilson_interval_matches_scipy_and_stays_in_bounds():
         assert low == pytest.approx(ref.low, abs=1e-9) and high == pytest.approx(ref.high, abs=1e-9)
         assert 0.0 <= low <= k / n <= high <= 1.0
     assert all(math.isnan(v) for v in wilson_interval(0, 0))
+
+
+def test_ece_noise_floor_shrinks_with_sample_size_and_is_reached_by_a_calibrated_model():
+    rng = np.random.default_rng(2)
+    floors = []
+    for n_patients in (50, 500):
+        y, probs, _ = _calibrated_sample(rng, n_patients, 2, overconfident=False)
+        floor = ece_noise_floor(probs, n_reps=200, seed=0)
+        assert floor["p05"] <= floor["mean"] <= floor["p95"]
+        # A model that IS calibrated lands inside its own noise floor.
+        assert floor["p05"] <= expected_calibration_error(y, probs) <= floor["p95"] + 0.02
+        floors.append(floor["mean"])
+    assert floors[0] > 2 * floors[1] and floors[0] > 0.05  # 100 ECGs: the floor is above the 0.05
