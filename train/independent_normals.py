@@ -60,13 +60,24 @@ class NormalsSpec:
     duration_s: int = 10
 
     def cache_name(self) -> str:
+        return (
+            f"neurokit2-{_neurokit().__version__}-normals-n{self.n}-seed{self.seed}-fs{self.fs}-{self.duration_s}s.npz"
+        )
+
+
+def _neurokit() -> Any:
+    """neurokit2, imported quietly: its import touches scipy.misc, deprecated in scipy 1.x (warning only)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
         import neurokit2
 
-        return f"neurokit2-{neurokit2.__version__}-normals-n{self.n}-seed{self.seed}-fs{self.fs}-{self.duration_s}s.npz"
+    return neurokit2
 
 
 def _simulate_one(rng: np.random.Generator, spec: NormalsSpec) -> tuple[np.ndarray, tuple[str, ...], dict[str, float]]:
-    import neurokit2 as nk
+    nk = _neurokit()
 
     params = {
         "heart_rate": float(rng.uniform(*HEART_RATE_BPM)),
@@ -112,12 +123,10 @@ def simulate_normals(spec: NormalsSpec = NormalsSpec(), cache_dir: str | Path | 
             tmp = cache.with_suffix(".tmp.npz")
             np.savez_compressed(tmp, signals=signals, leads=np.array(leads))
             tmp.replace(cache)
-    import neurokit2
-
     acquisition = Acquisition(
         "synthetic",
         manufacturer="neurokit2",
-        device=f"neurokit2 {neurokit2.__version__} ecg_simulate(method='multileads')",
+        device=f"neurokit2 {_neurokit().__version__} ecg_simulate(method='multileads')",
         notes=("independent normal ECG",),
     )
     return [ECGRecord(sig, float(spec.fs), leads, acquisition) for sig in signals]
