@@ -28,7 +28,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -259,21 +259,46 @@ def _score(model: nn.Module, cohort: Cohort) -> dict[str, np.ndarray]:
 # ---------------------------------------------------------------- rows
 
 
+def _settings(obj: Any) -> Any:
+    """A dataclass as a dict WITHOUT the fields left at their defaults (recursively).
+
+    So a row's hash changes when a setting it uses changes, but not when another engineer adds
+    a new, default-off option to TrainingConfig or LASANConfig (the cached result is still what
+    that code computes). The price: changing a default in code does not invalidate the cache.
+    """
+    if is_dataclass(obj) and not isinstance(obj, type):
+        out = {}
+        for f in fields(obj):
+            value = getattr(obj, f.name)
+            if f.default is not MISSING:
+                default: Any = f.default
+            elif f.default_factory is not MISSING:
+                default = f.default_factory()
+            else:
+                default = MISSING
+            if default is MISSING or value != default:
+                out[f.name] = _settings(value)
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [_settings(v) for v in obj]
+    if isinstance(obj, dict):
+        return {str(k): _settings(v) for k, v in obj.items()}
+    return obj
+
+
 def _row_digest(cfg: GridConfig, name: str, cohort: Cohort) -> str:
     """Hash of everything a row's result depends on (``cfg`` carries the row's training seed)."""
     base: dict[str, Any] = {"row": name, "cohort": cohort.digest, "split_seed": cfg.data.split_seed}
     if name == "lasan" or "hybrid_" in name:
-        settings = cfg.train_config(name, cohort.manifest).to_dict()
-        settings.pop("output")
-        settings["data"].pop("cache_dir")
-        base["settings"] = settings
+        tcfg = cfg.train_config(name, cohort.manifest)
+        base["settings"] = _settings({"model": tcfg.model, "training": tcfg.training, "pretrain": tcfg.pretrain})
     elif name == "plain_cnn":
-        base["settings"] = {"lasan": cfg.lasan.to_dict(), "training": cfg.to_dict()["training"]}
+        base["settings"] = _settings({"lasan": cfg.lasan, "training": cfg.training})
     elif name == "clinical_lr":
-        base["settings"] = {"input": cfg.lasan.input.to_dict()}
+        base["settings"] = _settings({"input": cfg.lasan.input})
     else:
-        base["settings"] = {"encoder": asdict(cfg.encoder_for(name)), "foundation": cfg.to_dict()["foundation"],
-                            "input": cfg.lasan.input.to_dict()}
+        base["settings"] = _settings({"encoder": cfg.encoder_for(name), "lasan": cfg.lasan, "fusion": cfg.fusion_dim,
+                                      "training": cfg.foundation_training, "pretrain": cfg.pretrain})
     return spec_digest(base)
 
 
@@ -340,8 +365,9 @@ def _pretrained_builtin(cfg: GridConfig, cohort: Cohort, progress: bool) -> dict
     from lasan.train.pretrain import pretrain_encoder
     from lasan.train.trainer import resolve_device, seed_everything
 
-    digest = spec_digest({"cohort": cohort.digest, "foundation": cfg.to_dict()["foundation"],
-                          "lasan": cfg.lasan.to_dict()})
+    digest = spec_digest({"cohort": cohort.digest, "encoder": _settings(cfg.encoder), "lasan": _settings(cfg.lasan),
+                          "fusion": cfg.fusion_dim, "training": _settings(cfg.foundation_training),
+                          "pretrain": _settings(cfg.pretrain)})
     tc = cfg.foundation_training
     run_dir = cfg.out / "runs" / "foundation_pretrained" / f"seed{tc.seed}"
     _prepare_run_dir(run_dir, digest)
