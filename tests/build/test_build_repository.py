@@ -20,7 +20,14 @@ from lasan.checkpoint import load_checkpoint
 from lasan.cli import main
 from lasan.errors import ConfigError, ModelRepositoryError
 from lasan.preprocessing import KERNEL_MODULES, preprocess_array
-from lasan.tensor_names import ENCODER_MODEL, ENSEMBLE_MODEL, FUSION_MODEL, OUTPUTS_MODEL, PREPROCESS_MODEL
+from lasan.tensor_names import (
+    ENCODER_MODEL,
+    ENSEMBLE_MODEL,
+    ENSEMBLE_OUTPUTS,
+    FUSION_MODEL,
+    OUTPUTS_MODEL,
+    PREPROCESS_MODEL,
+)
 
 MODELS = (PREPROCESS_MODEL, ENCODER_MODEL, FUSION_MODEL, OUTPUTS_MODEL, ENSEMBLE_MODEL)
 CORE = Path(__file__).resolve().parents[2] / "lasan"
@@ -78,9 +85,23 @@ def test_metadata_describes_the_model(cpu_repository: Path, tiny_lasan_checkpoin
         assert meta["notice"] == SYNTHETIC_NOTICE == "not a medical device; synthetic-data demo model"
         assert meta["training_data"]["synthetic"] is True
         assert {"modality", "value_range", "intended_use"} <= set(meta)
+        # The session checkpoint predates calibration: served with T = 1, and the metadata says so.
+        assert meta["calibration"]["method"] == "none" and meta["calibration"]["temperature"] == 1.0
+        assert "occlusion" in meta["lead_importance"]
     cfg = validate_pbtxt((cpu_repository / ENSEMBLE_MODEL / "config.pbtxt").read_text())
     assert cfg.parameters["checkpoint_sha256"].string_value == ckpt.sha256
     assert json.loads(cfg.parameters["thresholds"].string_value) == TINY_THRESHOLDS
+
+
+def test_metadata_records_a_stored_calibration(tmp_path: Path):
+    calibration = {"method": "temperature", "temperature": 1.8, "fitted_on": "val"}
+    path = make_tiny_checkpoint(tmp_path / "cal.pt", calibration=calibration)
+    report = write_repository(path, tmp_path / "repo", onnx=False)
+    meta = json.loads((report.path / ENSEMBLE_MODEL / "1" / "metadata.json").read_text())
+    assert meta["calibration"] == calibration
+    cfg = validate_pbtxt((report.path / ENSEMBLE_MODEL / "config.pbtxt").read_text())
+    assert json.loads(cfg.parameters["calibration"].string_value) == calibration
+    assert [t.name for t in cfg.output] == list(ENSEMBLE_OUTPUTS)
 
 
 def test_exported_torchscript_matches_eager(cpu_repository: Path, tiny_lasan_checkpoint: Path):
