@@ -65,8 +65,9 @@ _BY_NUMBER = {n: name for name, n in _SCP_NUMBER.items()}
 _EXTRA_ALIASES = {"D1": "I", "DI": "I", "D2": "II", "DII": "II", "D3": "III", "DIII": "III"}
 _LEAD_WORD = re.compile(r"^(?:LEAD|ECG[_ ]LEAD|MDC[_ ]ECG[_ ]LEAD|MDC[_ ]ECG[_ ]ELEC[_ ]POTL)[_ ]?", re.IGNORECASE)
 _PARENTHETICAL = re.compile(r"\s*\(.*\)\s*$")
-_MDC_COLON = re.compile(r"^2:(\d+)$")
-_SCP_CODE = re.compile(r"^5\.6\.3-9-(\d+)$")
+# ASCII digits only: str.isdigit() and \d accept '²' or '٣', which int() then rejects or misreads.
+_MDC_COLON = re.compile(r"^2:([0-9]+)$")
+_SCP_CODE = re.compile(r"^5\.6\.3-9-([0-9]+)$")
 
 
 def canonical_lead(raw: str | int | None) -> str | None:
@@ -91,7 +92,7 @@ def canonical_lead(raw: str | int | None) -> str | None:
             if found:
                 return found
         return None
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         return _from_number(int(text))
     for pattern in (_MDC_COLON, _SCP_CODE):
         match = pattern.match(text)

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BadWaveformError, MalformedECGError, MissingLeadsError, UnsupportedFormatError
+from ..errors import BadWaveformError, LasanError, MalformedECGError, MissingLeadsError, UnsupportedFormatError
 from ..leads import DICOM_CODE_MEANINGS, SCPECG_CODES, STANDARD_LEADS, canonical_lead
 from ..record import Acquisition, ECGRecord, PatientIdentity
 
@@ -100,9 +100,31 @@ def read_dicom_dataset(source: str | os.PathLike[str] | bytes):
 def dataset_to_record(ds, *, what: str = "the DICOM object") -> ECGRecord:
     """Convert a pydicom ``Dataset`` of an ECG SOP class into an ECG record.
 
+    This is the reader's error boundary: pydicom decodes a value only when it is first read,
+    after ``dcmread`` returned, so a corrupt value surfaces here as NotImplementedError (an
+    unknown VR), BytesLengthException, TypeError or ValueError. Every value used is read
+    inside it, and what escapes is a :class:`MalformedECGError` naming the cause.
+
     Raises:
         Same as :func:`read_dicom`.
     """
+    try:
+        return _dataset_to_record(ds, what=what)
+    except LasanError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the boundary: any decoding failure is a corrupt file
+        raise MalformedECGError(
+            f"{what} has corrupt or wrongly typed DICOM attributes ({type(exc).__name__}: {_one_line(exc)}); "
+            "ask the sender to resend it or check the device's DICOM export"
+        ) from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _dataset_to_record(ds, *, what: str) -> ECGRecord:
     sop = str(ds.get("SOPClassUID", "") or getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", ""))
     if not sop and len(ds) == 0:
         raise MalformedECGError(f"{what} holds no data elements after its header: it is truncated or empty")
@@ -165,6 +187,10 @@ def _rhythm_group(groups: list) -> Any:
 def _decode_group(group, *, little_endian: bool, what: str) -> tuple[np.ndarray, list[str], str, list[str]]:
     n_channels = int(group.NumberOfWaveformChannels)
     n_samples = int(group.NumberOfWaveformSamples)
+    if n_channels < 1 or n_samples < 1:
+        raise MalformedECGError(
+            f"{what}: the rhythm waveform declares {n_channels} channels and {n_samples} samples; both must be at least 1"
+        )
     bits = int(group.WaveformBitsAllocated)
     interpretation = str(group.WaveformSampleInterpretation).strip()
     dtype = _SAMPLE_DTYPES.get((bits, interpretation))
@@ -289,11 +315,11 @@ def _acquired_at(ds) -> str | None:
     if not raw:
         date, time = _text(ds.get("ContentDate")), _text(ds.get("ContentTime"))
         raw = f"{date}{time or ''}" if date else None
-    if not raw or len(raw) < 8 or not raw[:8].isdigit():
+    if not raw or len(raw) < 8 or not (raw[:8].isascii() and raw[:8].isdigit()):
         return None
     iso = f"{raw[0:4]}-{raw[4:6]}-{raw[6:8]}"
     clock = raw[8:14]
-    if len(clock) >= 4 and clock.isdigit():
+    if len(clock) >= 4 and clock.isascii() and clock.isdigit():
         iso += f"T{clock[0:2]}:{clock[2:4]}" + (f":{clock[4:6]}" if len(clock) == 6 else "")
     return iso
 
