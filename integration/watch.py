@@ -6,8 +6,11 @@ is taken only after its size and modification time have not changed for ``stable
 (a cart may still be writing it). It then goes through the one intake
 (:class:`lasan.integration.intake.Intake`) exactly like a message from the network (same
 verdict, same reason), and only when stored is it moved to ``processed/``. A file the
-intake refuses goes to ``rejected/`` with ``<name>.reason.txt`` beside it; a file that could
-not be stored (the queue is unwritable) stays where it is for the next scan.
+intake refuses goes to ``rejected/`` with ``<name>.reason.txt`` beside it at once, whatever the
+reason (a file that cannot be read never gets better, so it is never retried). Only a storage
+failure (the queue is unwritable) is transient: the file stays for the next scans, at most
+``max_store_attempts`` times, then goes to ``rejected/`` too with a reason saying to resubmit it.
+One file's failure never stops the scan of the others.
 A crash between storing and moving is harmless: the idempotency key (HL7 MSH-3/4/10,
 DICOM SOP Instance UID, a hash of an export file's bytes) makes the second intake a no-op.
 """
@@ -30,20 +33,25 @@ from lasan.integration.logs import event
 # One file each: HL7, DICOM, the ECG-system exports, FHIR (a WFDB record is several files).
 WATCH_FORMATS = tuple(fmt for fmt in FORMATS if fmt != "wfdb")
 
-__all__ = ["WatchFolder", "WATCH_FORMATS", "PROCESSED", "REJECTED"]
+__all__ = ["WatchFolder", "WATCH_FORMATS", "PROCESSED", "REJECTED", "MAX_STORE_ATTEMPTS"]
 
 log = logging.getLogger("lasan.integration.watch")
 
 PROCESSED, REJECTED = "processed", "rejected"
+# Storage failures are retried once per scan (poll_interval_s apart): 30 x 2 s rides out a
+# queue that is briefly locked or a full disk that is cleared, without retrying forever.
+MAX_STORE_ATTEMPTS = 30
 
 
 class WatchFolder:
     """Polls ``config.folder``; :meth:`scan_once` is the whole algorithm, :meth:`run` repeats it."""
 
-    def __init__(self, config: WatchConfig, intake: Intake) -> None:
+    def __init__(self, config: WatchConfig, intake: Intake, *, max_store_attempts: int = MAX_STORE_ATTEMPTS) -> None:
         self.config, self.intake = config, intake
         self.metrics, self.health = intake.metrics, intake.health
+        self.max_store_attempts = max(1, max_store_attempts)
         self._seen: dict[Path, tuple[int, float, float]] = {}  # path -> (size, mtime, first seen unchanged)
+        self._store_failures: dict[Path, int] = {}  # path -> storage failures so far (the only retried error)
         self._stop = asyncio.Event()
 
     def stop(self) -> None:
@@ -93,10 +101,26 @@ class WatchFolder:
             if now - prev[2] < self.config.stable_s:
                 continue
             self._seen.pop(path, None)
-            stored += self._take(path)
+            try:
+                stored += self._take(path)
+            except Exception as exc:  # noqa: BLE001 - one poison file must not stop the scan of the others
+                self._poisoned(path, exc)
         for gone in set(self._seen) - present:
             self._seen.pop(gone, None)
+        for gone in set(self._store_failures) - present:
+            self._store_failures.pop(gone, None)
         return stored
+
+    def _poisoned(self, path: Path, exc: Exception) -> None:
+        """A file whose handling failed outside the intake (e.g. it could not be moved): reject it
+        if possible, else leave it and say so; the next files are taken either way."""
+        self.health.error(f"watch: {type(exc).__name__} on {path.name}")
+        event("watch.file_error", logging.ERROR, log, file=path.name, exc_type=type(exc).__name__, exc=str(exc))
+        try:
+            self._reject(path, f"internal error while taking the file ({type(exc).__name__}); "
+                         "contact the LASAN administrator")
+        except OSError as move_exc:
+            event("watch.reject_failed", logging.ERROR, log, file=path.name, exc=str(move_exc))
 
     def _take(self, path: Path) -> int:
         """The watch folder's answer table: processed/, rejected/ + reason, or left for the next scan."""
@@ -107,14 +131,21 @@ class WatchFolder:
             return self._reject(path, f"cannot read the file: {exc.strerror or exc}")
         outcome = self.intake.accept(raw, Source("watch", formats=WATCH_FORMATS, suffix=path.suffix.lower(), sender="WATCH"))
         if isinstance(outcome, Accepted):
+            self._store_failures.pop(path, None)
             self._move(path, PROCESSED)
             self.metrics.acks.labels("watch_stored").inc()
             event("watch.stored", logging.INFO, log, file=path.name, kind=outcome.kind, control_id=outcome.key.control_id,
                   item=outcome.item_id, duplicate=outcome.duplicate)
             return 0 if outcome.duplicate else 1
         if isinstance(outcome.error, QueueStorageError):
-            event("watch.store_failed", logging.ERROR, log, file=path.name, reason=outcome.reason)
-            return 0
+            failures = self._store_failures[path] = self._store_failures.get(path, 0) + 1
+            event("watch.store_failed", logging.ERROR, log, file=path.name, reason=outcome.reason, attempt=failures,
+                  max_attempts=self.max_store_attempts)
+            if failures < self.max_store_attempts:
+                return 0  # transient: the next scan tries again
+            self._store_failures.pop(path, None)
+            return self._reject(path, f"{outcome.reason} (gave up after {failures} attempts; put the file back in "
+                                "the watch folder once the queue storage is fixed)", control_id=outcome.control_id)
         return self._reject(path, outcome.reason, control_id=outcome.control_id)
 
     def _reject(self, path: Path, reason: str, **fields: Any) -> int:
