@@ -25,7 +25,10 @@ from types import TracebackType
 from lasan.errors import ServerError
 from lasan.tensor_names import ENSEMBLE_MODEL
 
-__all__ = ["TritonServer", "TritonInstallation", "find_triton", "free_port", "check_port", "configure", "run"]
+# Safe default: the embedded Triton answers only this machine unless `lasan serve --all-interfaces`.
+LOOPBACK, ALL_INTERFACES = "127.0.0.1", "0.0.0.0"
+
+__all__ = ["LOOPBACK", "ALL_INTERFACES", "TritonServer", "TritonInstallation", "find_triton", "free_port", "check_port", "configure", "run"]
 
 
 # Log lines that are always there on a CPU-only machine and explain nothing.
@@ -123,7 +126,7 @@ class TritonServer:
         http_port: int = 8000,
         grpc_port: int = 8001,
         metrics_port: int = 8002,
-        host: str = "127.0.0.1",
+        host: str = LOOPBACK,
         log_file: str | Path | None = None,
         work_dir: str | Path | None = None,
         startup_timeout: float = 300.0,
@@ -162,6 +165,18 @@ class TritonServer:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    def address_arguments(self) -> list[str]:
+        """Where Triton listens. Every endpoint gets an explicit address: tritonserver's own
+        default for each is 0.0.0.0 (all interfaces), and Triton has no authentication."""
+        return [
+            f"--http-address={self.host}",
+            f"--http-port={self.http_port}",
+            f"--grpc-address={self.host}",
+            f"--grpc-port={self.grpc_port}",
+            f"--metrics-address={self.host}",
+            f"--metrics-port={self.metrics_port}",
+        ]
+
     # -- lifecycle ---------------------------------------------------------------------------
     def __enter__(self) -> TritonServer:
         self.start()
@@ -195,12 +210,7 @@ class TritonServer:
             str(inst.binary),
             f"--model-repository={self.repo}",
             f"--backend-directory={backends}",
-            f"--http-address={self.host}",
-            f"--http-port={self.http_port}",
-            f"--grpc-address={self.host}",
-            f"--grpc-port={self.grpc_port}",
-            f"--metrics-address={self.host}",
-            f"--metrics-port={self.metrics_port}",
+            *self.address_arguments(),
             "--allow-gpu-metrics=false",
             f"--log-file={self.log_file}",
             f"--log-verbose={self.log_verbose}",
@@ -318,7 +328,20 @@ class TritonServer:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repo", required=True, type=Path, help="model repository written by `lasan build`")
-    parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default: all interfaces)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--host",
+        default=LOOPBACK,
+        help="address the HTTP, gRPC and metrics endpoints listen on (default: 127.0.0.1, this machine only)",
+    )
+    where.add_argument(
+        "--all-interfaces",
+        dest="host",
+        action="store_const",
+        const=ALL_INTERFACES,
+        help="listen on every interface (0.0.0.0): Triton has no authentication, so only behind a firewall "
+        "that admits the scoring clients",
+    )
     parser.add_argument("--http-port", type=int, default=8000)
     parser.add_argument("--grpc-port", type=int, default=8001)
     parser.add_argument("--metrics-port", type=int, default=8002)

@@ -144,12 +144,10 @@ def _validate(bundle: Mapping[str, Any]) -> None:
 
 def write_bundle(bundle: Mapping[str, Any], outbox: Path, name: str) -> Path:
     """Write ``bundle`` atomically to ``outbox/<name>.fhir.json``."""
-    outbox.mkdir(parents=True, exist_ok=True)
-    target = outbox / f"{name}.fhir.json"
-    tmp = outbox / f".{target.name}.tmp"
-    tmp.write_text(json.dumps(bundle, indent=1), encoding="utf-8")
-    tmp.replace(target)
-    return target
+    from lasan.integration.private import private_dir, write_private
+
+    target = private_dir(outbox, owned=True) / f"{name}.fhir.json"
+    return write_private(target, json.dumps(bundle, indent=1).encode("utf-8"), fsync=False)
 
 
 def post_bundle(base_url: str, bundle: Mapping[str, Any], *, timeout_s: float = 30.0) -> int:

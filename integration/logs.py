@@ -61,7 +61,9 @@ def configure_logging(fmt: str = "kv", level: str = "INFO", file: Path | None = 
     """
     handler: logging.Handler
     if file is not None:
-        file.parent.mkdir(parents=True, exist_ok=True)
+        from lasan.integration.private import private_dir, private_file
+
+        private_file(private_dir(file.parent) / file.name)  # 0600 before FileHandler opens it with the umask
         handler = logging.FileHandler(file, encoding="utf-8")
     else:
         handler = logging.StreamHandler(sys.stderr)

@@ -24,6 +24,7 @@ receiver's threads; each call is one short transaction.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lasan.errors import QueueStorageError
+from lasan.integration.private import FILE_MODE, private_dir, private_file
 
 __all__ = ["IdempotencyKey", "QueueItem", "EnqueueOutcome", "DurableQueue", "STATES"]
 
@@ -109,13 +111,17 @@ class DurableQueue:
     def __init__(self, path: str | Path, *, busy_timeout_s: float = 10.0) -> None:
         self.path = Path(path)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # 0600 before SQLite opens it: SQLite gives the -wal and -shm files the database's mode.
+            private_file(private_dir(self.path.parent) / self.path.name)
             self._db = sqlite3.connect(
                 str(self.path), timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
             )
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+            for side in ("-wal", "-shm"):
+                if (extra := self.path.with_name(self.path.name + side)).exists():
+                    os.chmod(extra, FILE_MODE)
         except (sqlite3.Error, OSError) as exc:
             raise QueueStorageError(
                 f"cannot open the queue database {self.path}: {exc}; check the path in storage.queue_db, "

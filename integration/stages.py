@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +32,7 @@ from lasan.integration.intake import read_stored
 from lasan.integration.logs import event
 from lasan.integration.metrics import Health, Metrics
 from lasan.integration.mllp import MLLPClient
+from lasan.integration.private import private_dir, write_private
 from lasan.integration.queue import DurableQueue, QueueItem
 from lasan.record import ECGRecord
 
@@ -66,15 +66,8 @@ def _ids(item: QueueItem) -> dict[str, Any]:
 
 
 def _write_atomic(folder: Path, name: str, text: str) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    final = folder / name
-    tmp = folder / f".{name}.tmp"
-    with open(tmp, "wb") as fh:
-        fh.write(text.encode("utf-8"))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
-    return final
+    # Results name the patient: 0600 in a 0700 outbox, whatever the umask (integration.private).
+    return write_private(private_dir(folder, owned=True) / name, text.encode("utf-8"))
 
 
 class Bookkeeping:
