@@ -101,9 +101,9 @@ def _looks_synthetic(manifest: Path) -> bool:
 
 
 def _split(rows: list[Any], seed: int) -> dict[str, list[Any]]:
-    from lasan.train.split import split_patients  # checks that no patient is in two splits
+    from lasan.train.split import patient_split  # checks that no patient is in two splits
 
-    parts = split_patients(rows, seed=seed)
+    parts = patient_split(rows, seed=seed)
     return {name: list(getattr(parts, name)) for name in ("train", "val", "test")}
 
 

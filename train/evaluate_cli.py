@@ -164,9 +164,9 @@ def split_seed_of(ckpt: LoadedCheckpoint) -> int:
 
 def _split_rows(rows: list[Any], seed: int) -> dict[str, list[Any]]:
     """The split ``lasan train`` made: the same function, called the same way, with the checkpoint's seed."""
-    from lasan.train.split import check_no_leakage, split_patients
+    from lasan.train.split import check_no_leakage, patient_split
 
-    parts = split_patients(rows, seed=seed)
+    parts = patient_split(rows, seed=seed)
     check_no_leakage(parts)
     return {name: list(getattr(parts, name, ())) for name in ("train", "val", "test", "external")}
 

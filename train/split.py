@@ -31,7 +31,6 @@ __all__ = [
     "EXTERNAL",
     "Split",
     "patient_split",
-    "split_patients",
     "split_from_column",
     "check_no_leakage",
 ]
@@ -165,8 +164,6 @@ def patient_split(
             assignment[row.patient_id] = EXTERNAL
     return _build(rows, assignment, seed)
 
-
-split_patients = patient_split  # the name train/cli.py uses
 
 
 def split_from_column(rows: list[ManifestRow] | tuple[ManifestRow, ...], column: str = "split") -> Split:

@@ -28,7 +28,7 @@ from lasan.train.evaluate_cli import (
 )
 from lasan.train.manifest import read_manifest
 from lasan.train.report import masking_finding, paired_differences, write_report
-from lasan.train.split import split_patients
+from lasan.train.split import patient_split
 
 FS = 500.0
 CLASSES = ("ARVC", "LQTS", "control")
@@ -251,7 +251,7 @@ def test_the_test_split_is_the_training_split_for_the_checkpoint_seed(cohort, tm
     rows = read_manifest(cohort)
     spec = LASANConfig(**TINY).input
     data = load_evaluation_data(cohort, "test", spec, CLASSES, 3, tmp_path / "cache", cohort)
-    expected = split_patients(rows, seed=3)
+    expected = patient_split(rows, seed=3)
     assert set(data.test.patient_ids) == {r.patient_id for r in expected.test}
     assert set(data.train.patient_ids) == {r.patient_id for r in expected.train}
     assert not set(data.test.patient_ids) & set(data.train.patient_ids)

@@ -109,13 +109,6 @@ def test_split_of_a_manifest_read_from_disk(tmp_path: Path) -> None:
     assert split.summary()["test"]["patients"] in (4, 5) and split.seed == 0  # 15 % of 30 = 4.5
 
 
-def test_split_patients_is_the_same_function() -> None:
-    from lasan.train.split import split_patients
-
-    rows = _rows(COUNTS)
-    assert split_patients(rows, seed=2).test_patients == patient_split(rows, seed=2).test_patients
-
-
 def _with_external(rows: list[ManifestRow], n_external: int) -> list[ManifestRow]:
     ext = _rows({"ARVC": n_external, "LQTS": n_external, "control": n_external}, seed=9)
     return rows + [ManifestRow(f"X-{r.patient_id}", Path(f"/ext/{r.ecg_id}.dcm"), r.label, ecg_id=f"X-{r.ecg_id}",
