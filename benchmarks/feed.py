@@ -270,7 +270,7 @@ def _reuse_or_build(work: Path, checkpoint: str | None) -> Path:
 
     from lasan.benchmarks.triton import benchmark_checkpoint
     from lasan.build.optimize import recommended_threads
-    from lasan.build.repository import build_repository
+    from lasan.build.repository import write_repository
     from lasan.checkpoint import file_sha256
 
     repo = work / "model_repository"
@@ -281,7 +281,7 @@ def _reuse_or_build(work: Path, checkpoint: str | None) -> Path:
             return repo
     except (OSError, KeyError, ValueError):
         pass
-    return build_repository(ckpt, repo, "cpu", instances=recommended_threads(), onnx=False)
+    return write_repository(ckpt, repo, "cpu", instances=recommended_threads(), onnx=False).path
 
 
 def run_feed_benchmark(

@@ -292,7 +292,7 @@ def run_triton_benchmark(
         ServerError: Triton did not start or perf_analyzer could not run.
     """
     from lasan.build.optimize import recommended_threads
-    from lasan.build.repository import build_repository
+    from lasan.build.repository import write_repository
     from lasan.build.serve import TritonServer, free_port
 
     work.mkdir(parents=True, exist_ok=True)
@@ -303,7 +303,7 @@ def run_triton_benchmark(
     # One single-threaded instance per usable core: the python backend runs each part's
     # TorchScript with one torch thread, so two cores need two instances to be used.
     instances = recommended_threads()
-    repo = build_repository(ckpt_path, work / "model_repository", "cpu", instances=instances, onnx=False)
+    repo = write_repository(ckpt_path, work / "model_repository", "cpu", instances=instances, onnx=False).path
     ecg, fs, source = real_ecg()
     details: dict[str, Any] = {
         "checkpoint": str(ckpt_path), "repository": str(repo), "instances_per_model": instances,

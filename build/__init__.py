@@ -2,7 +2,7 @@
 
 Public entry points (imported lazily so that ``lasan serve`` does not load torch):
 
-* :func:`lasan.build.repository.build_repository` ``(checkpoint, out_dir, profile="cpu", ...) -> Path``
+* :func:`lasan.build.repository.write_repository` ``(checkpoint, out_dir, profile="cpu", ...)`` -> a report whose ``.path`` is the repository
 * :class:`lasan.build.serve.TritonServer` - the embedded Triton server, a context manager
 """
 
@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["build_repository", "write_repository", "TritonServer", "free_port"]
+__all__ = ["write_repository", "TritonServer", "free_port"]
 
 _WHERE = {
-    "build_repository": "repository",
     "write_repository": "repository",
     "TritonServer": "serve",
     "free_port": "serve",

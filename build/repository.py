@@ -55,7 +55,6 @@ __all__ = [
     "SYNTHETIC_NOTICE",
     "TEMPLATES",
     "BuildReport",
-    "build_repository",
     "write_repository",
     "model_shape",
     "served_thresholds",
@@ -169,32 +168,6 @@ def _metadata(ckpt: LoadedCheckpoint, profile: str, thresholds: dict[str, Any], 
     if ckpt.info.synthetic:
         meta["notice"] = SYNTHETIC_NOTICE
     return meta
-
-
-def build_repository(
-    checkpoint: str | Path | LoadedCheckpoint,
-    out_dir: str | Path,
-    profile: str = "cpu",
-    *,
-    max_batch_size: int = 16,
-    instances: int = 1,
-    fp16: bool = False,
-    engines: bool | None = None,
-    onnx: bool = True,
-    overwrite: bool = True,
-) -> Path:
-    """Build a repository and return its path; see :func:`write_repository`."""
-    return write_repository(
-        checkpoint,
-        out_dir,
-        profile,
-        max_batch_size=max_batch_size,
-        instances=instances,
-        fp16=fp16,
-        engines=engines,
-        onnx=onnx,
-        overwrite=overwrite,
-    ).path
 
 
 def write_repository(

@@ -14,7 +14,7 @@ Checkpoints (session-scoped, built in a few seconds, no training):
 Repository and server (session-scoped):
 
 ``cpu_repository`` -> Path
-    ``lasan.build.build_repository(tiny_lasan_checkpoint, ..., profile="cpu", max_batch_size=8)``.
+    ``lasan.build.write_repository(tiny_lasan_checkpoint, ..., profile="cpu", max_batch_size=8).path``.
 ``triton_server`` -> :class:`ServedRepository`
     The embedded Triton 2.51 serving ``cpu_repository`` on free loopback ports:
     ``.grpc_url`` ("127.0.0.1:PORT"), ``.http_url`` ("http://127.0.0.1:PORT"), ``.metrics_url``,
@@ -201,11 +201,11 @@ def tiny_hybrid_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def cpu_repository(tiny_lasan_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from lasan.build.repository import build_repository
+    from lasan.build.repository import write_repository
 
-    return build_repository(
+    return write_repository(
         tiny_lasan_checkpoint, tmp_path_factory.mktemp("repo") / "model_repository", "cpu", max_batch_size=8
-    )
+    ).path
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,7 @@ import pytest
 import torch
 from conftest import make_single_lead_checkpoint, make_tiny_checkpoint, simple_ecg
 
-from lasan.build.repository import build_repository
+from lasan.build.repository import write_repository
 from lasan.build.serve import TritonServer, free_port
 from lasan.checkpoint import load_checkpoint
 from lasan.leads import STANDARD_LEADS
@@ -139,7 +139,7 @@ def lasan_case(triton_server):
 
 
 def _serve(checkpoint: Path, tmp_path_factory, name: str) -> Iterator[tuple]:
-    repo = build_repository(checkpoint, tmp_path_factory.mktemp(name) / "repo", onnx=False)
+    repo = write_repository(checkpoint, tmp_path_factory.mktemp(name) / "repo", onnx=False).path
     server = TritonServer(
         repo,
         http_port=free_port(),
