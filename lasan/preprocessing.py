@@ -36,7 +36,7 @@ from .leads import MODEL_LEADS, STANDARD_LEADS, derive_missing_leads
 if TYPE_CHECKING:  # the record module is not part of the Triton kernel
     from .record import ECGRecord
 
-__all__ = ["InputSpec", "KERNEL_MODULES", "preprocess", "preprocess_array", "leads_for_rows"]
+__all__ = ["InputSpec", "KERNEL_MODULES", "check_input", "preprocess", "preprocess_array", "leads_for_rows"]
 
 # Modules copied into the Triton preprocess model; each imports only numpy and these.
 KERNEL_MODULES: tuple[str, ...] = ("errors", "leads", "dsp", "preprocessing")
@@ -117,6 +117,36 @@ def preprocess_array(
         BadWaveformError: wrong shape, non-finite samples, implausible rate, too short.
         MissingLeadsError: a lead in ``spec.leads`` is absent and not derivable.
     """
+    signal, leads, fs = check_input(signal, fs, leads, spec)
+    x = signal[[leads.index(lead) for lead in spec.leads]].astype(np.float64)  # (8, T)
+    x = x - np.median(x, axis=1, keepdims=True)  # large DC offsets would ring at the edges
+    x = resample(x, fs, spec.fs)
+    x = bandpass(x, spec.fs, spec.highpass_hz, spec.lowpass_hz)
+    x = _window(x, spec)
+    mean = x.mean(axis=1, keepdims=True)
+    std = x.std(axis=1, keepdims=True)
+    x = (x - mean) / (std + spec.zscore_eps_mv)
+    if x.shape[1] < spec.n_samples:
+        x = np.pad(x, ((0, 0), (0, spec.n_samples - x.shape[1])))
+    return x.astype(np.float32)
+
+
+def check_input(
+    signal: np.ndarray,
+    fs: float,
+    leads: tuple[str, ...] | None = None,
+    spec: InputSpec = InputSpec(),
+) -> tuple[np.ndarray, tuple[str, ...], float]:
+    """The model's input contract, on its own: what :func:`preprocess_array` refuses, so that the
+    intake refuses the same ECGs before it answers AA (the served preprocess model runs this code).
+
+    Returns:
+        ``(signal, leads, fs)``, with the model leads that were missing derived.
+
+    Raises:
+        BadWaveformError: wrong shape, non-finite samples, rate outside 100-20000 Hz, too short.
+        MissingLeadsError: a lead in ``spec.leads`` is absent and not derivable.
+    """
     signal = np.asarray(signal)
     if signal.ndim != 2:
         raise BadWaveformError(f"an ECG must be a 2-D array (leads, samples), got shape {signal.shape}")
@@ -143,17 +173,7 @@ def preprocess_array(
         missing = [lead for lead in spec.leads if lead not in leads]
         if missing:
             raise MissingLeadsError(missing, leads)
-    x = signal[[leads.index(lead) for lead in spec.leads]].astype(np.float64)  # (8, T)
-    x = x - np.median(x, axis=1, keepdims=True)  # large DC offsets would ring at the edges
-    x = resample(x, fs, spec.fs)
-    x = bandpass(x, spec.fs, spec.highpass_hz, spec.lowpass_hz)
-    x = _window(x, spec)
-    mean = x.mean(axis=1, keepdims=True)
-    std = x.std(axis=1, keepdims=True)
-    x = (x - mean) / (std + spec.zscore_eps_mv)
-    if x.shape[1] < spec.n_samples:
-        x = np.pad(x, ((0, 0), (0, spec.n_samples - x.shape[1])))
-    return x.astype(np.float32)
+    return signal, tuple(leads), fs
 
 
 def _window(x: np.ndarray, spec: InputSpec) -> np.ndarray:

@@ -27,6 +27,7 @@ from lasan.formats import detect_format, read_ecg
 from lasan.hl7.encoding import DecodedMessage, MessageHeader, decode_message, read_header
 from lasan.hl7.oru import HL7ECGMessage, parse_oru
 from lasan.leads import MODEL_LEADS, STANDARD_LEADS
+from lasan.preprocessing import check_input
 from lasan.record import ECGRecord
 
 __all__ = [
@@ -55,16 +56,21 @@ def validate_record(record: ECGRecord) -> None:
     """Check that ``record`` can be scored (the rule the client applies when it builds a request).
 
     The 12 standard leads, or else the 8 model leads (I, II, V1-V6) once the missing limb
-    leads are derived, as :func:`lasan.client.request.wire_ecg` sends them.
+    leads are derived, as :func:`lasan.client.request.wire_ecg` sends them; and the model's
+    input contract (:func:`lasan.preprocessing.check_input`, the code the served preprocess
+    model runs: sampling rate 100-20000 Hz, at least 2 s), so that nothing the model would
+    refuse is acknowledged AA and then fails without a result.
 
     Raises:
-        BadWaveformError: the recording is empty, or samples are not finite numbers.
+        BadWaveformError: the recording is empty or too short, samples are not finite numbers,
+            or the sampling rate is outside what the model takes.
         MissingLeadsError: a model lead is absent and cannot be derived.
     """
     if record.n_samples < 2:
         raise BadWaveformError("the waveform has no samples; send a recorded ECG")
     if not np.isfinite(record.signal).all():
         raise BadWaveformError("the waveform contains values that are not finite numbers (NaN/inf); check the device export")
+    check_input(record.signal, record.fs, record.leads)
     if all(lead in record.leads for lead in STANDARD_LEADS):
         return
     available = record.with_derived_leads().leads
