@@ -142,13 +142,13 @@ def run(args: argparse.Namespace) -> int:
     for r in failed:
         print(f"lasan score: {r.path}: {type(r.error).__name__}: {r.error}", file=sys.stderr)
     if args.report:
-        from lasan.client.report import write_reports  # matplotlib only when asked
+        from lasan.client.report import write_ecg_reports  # matplotlib only when asked
 
         items = [
             (r.record, r.score, Path(r.path).name) for r in results if r.score is not None and r.record is not None
         ]
         if items:
-            for written in write_reports(items, args.report):
+            for written in write_ecg_reports(items, args.report):
                 print(f"lasan score: report written to {written}", file=sys.stderr)
     if any(isinstance(r.error, TritonUnavailableError) for r in failed):
         return EXIT_TRITON_UNAVAILABLE

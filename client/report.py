@@ -29,7 +29,7 @@ from lasan.errors import ConfigError
 from lasan.leads import MODEL_LEADS
 from lasan.record import ECGRecord
 
-__all__ = ["PAGE_MM", "MM_PER_S", "MM_PER_MV", "LAYOUT", "render_report", "write_report", "write_reports"]
+__all__ = ["PAGE_MM", "MM_PER_S", "MM_PER_MV", "LAYOUT", "render_report", "write_ecg_report", "write_ecg_reports"]
 
 PAGE_MM = (297.0, 210.0)  # A4 landscape
 MM_PER_S = 25.0
@@ -181,16 +181,16 @@ def render_report(record: ECGRecord, score: Score, title: str | None = None) -> 
     return fig
 
 
-def write_report(record: ECGRecord, score: Score, path: str | Path, title: str | None = None) -> Path:
+def write_ecg_report(record: ECGRecord, score: Score, path: str | Path, title: str | None = None) -> Path:
     """Write one report page to ``path`` (``.png`` at 200 dpi or ``.pdf``, A4 landscape).
 
     Raises:
         ConfigError: the suffix is neither ``.png`` nor ``.pdf``.
     """
-    return write_reports([(record, score, title)], path)[0]
+    return write_ecg_reports([(record, score, title)], path)[0]
 
 
-def write_reports(items: Sequence[tuple[ECGRecord, Score, str | None]], path: str | Path) -> list[Path]:
+def write_ecg_reports(items: Sequence[tuple[ECGRecord, Score, str | None]], path: str | Path) -> list[Path]:
     """Write reports for several ECGs.
 
     A ``.pdf`` path gets one multi-page PDF (one A4 page per ECG, input order). A ``.png``

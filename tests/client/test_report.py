@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from lasan.client.report import LAYOUT, MM_PER_MV, MM_PER_S, PAGE_MM, render_report, write_report, write_reports
+from lasan.client.report import LAYOUT, MM_PER_MV, MM_PER_S, PAGE_MM, render_report, write_ecg_report, write_ecg_reports
 from lasan.client.score import Score
 from lasan.errors import ConfigError
 from lasan.formats.sample import sample_ecg
@@ -67,7 +67,7 @@ def test_the_grid_is_drawn_to_physical_scale(mortara):
 
 
 def test_png_report_is_an_a4_landscape_image(tmp_path, mortara):
-    out = write_report(mortara, _score(), tmp_path / "ecg.png", title="waveform_ecg.dcm")
+    out = write_ecg_report(mortara, _score(), tmp_path / "ecg.png", title="waveform_ecg.dcm")
     assert out.stat().st_size > 50_000
     height, width = imread(out).shape[:2]
     assert width / height == pytest.approx(PAGE_MM[0] / PAGE_MM[1], rel=1e-2)
@@ -76,7 +76,7 @@ def test_png_report_is_an_a4_landscape_image(tmp_path, mortara):
 def test_pdf_report_has_one_a4_landscape_page_per_ecg(tmp_path, mortara):
     eight = replace(mortara, signal=mortara.signal[[0, 1, 6, 7, 8, 9, 10, 11]], leads=MODEL_LEADS)
     out = tmp_path / "reports.pdf"
-    assert write_reports([(mortara, _score(), "a"), (eight, _score(), "b")], out) == [out]
+    assert write_ecg_reports([(mortara, _score(), "a"), (eight, _score(), "b")], out) == [out]
     pages = _pdf_pages(out.read_bytes())
     assert len(pages) == 2
     for w, h in pages:  # points: 297 x 210 mm
@@ -85,7 +85,7 @@ def test_pdf_report_has_one_a4_landscape_page_per_ecg(tmp_path, mortara):
 
 def test_several_pngs_get_numbered_files(tmp_path):
     items = [(sample_ecg(seed=s, duration_s=10.0), _score(), None) for s in (1, 2)]
-    written = write_reports(items, tmp_path / "out.png")
+    written = write_ecg_reports(items, tmp_path / "out.png")
     assert [p.name for p in written] == ["out-1.png", "out-2.png"]
     assert all(p.stat().st_size > 50_000 for p in written)
 
@@ -112,10 +112,10 @@ def test_model_leads_are_shaded_by_importance_and_the_others_are_not():
 
 def test_an_unknown_suffix_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"\.png or \.pdf"):
-        write_report(sample_ecg(), _score(), tmp_path / "ecg.svg")
+        write_ecg_report(sample_ecg(), _score(), tmp_path / "ecg.svg")
 
 
 def test_a_short_eight_lead_ecg_still_draws(tmp_path):
     rec = sample_ecg(fs=250.0, duration_s=4.0, leads=MODEL_LEADS)
-    out = write_report(rec, _score(), tmp_path / "short.png")
+    out = write_ecg_report(rec, _score(), tmp_path / "short.png")
     assert out.stat().st_size > 50_000 and np.isfinite(imread(out)).all()
