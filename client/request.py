@@ -35,11 +35,11 @@ __all__ = ["WireECG", "wire_ecg", "model_info_from", "decode_outputs"]
 
 log = logging.getLogger(__name__)
 
-# Config-parameter keys the build may use, most specific first. ``lasan.build`` writes
-# the first of each; the others keep older or hand-written repositories readable.
-_CLASS_KEYS = ("classes", "class_names")
-_LEAD_KEYS = ("lead_order", "model_leads", "leads")
-_VERSION_KEYS = ("model_version", "lasan_model_version")
+# Config-parameter keys: ``lasan.build`` writes classes, lead_order and thresholds;
+# model_version is an optional label a deployment may add to its repository.
+_CLASS_KEYS = ("classes",)
+_LEAD_KEYS = ("lead_order",)
+_VERSION_KEYS = ("model_version",)
 _CHECKPOINT_KEY = "checkpoint_sha256"
 _THRESHOLD_KEYS = ("thresholds",)
 
