@@ -121,3 +121,9 @@ def test_hl7_na_lead_code_with_a_superscript_digit_reads_or_is_refused() -> None
     assert "13132²" in message
     record = read_ecg(message.encode("utf-8"), fmt="hl7")  # lead I is then derived from II and III
     assert "I" in record.leads
+
+
+def test_dicom_value_of_the_wrong_length_for_its_vr_is_malformed() -> None:
+    # pydicom's BytesLengthException: 4 bytes where FD needs a multiple of 8.
+    with pytest.raises(MalformedECGError):
+        read_ecg(_with_raw("SamplingFrequency", "FD", b"250 "), fmt="dicom")

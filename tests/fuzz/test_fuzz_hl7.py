@@ -34,10 +34,14 @@ def _segments(style: str) -> list[str]:
 def field_mutation(draw, style: str) -> bytes:
     segments = _segments(style)
     index = draw(st.integers(0, len(segments) - 1))
+    action = draw(st.sampled_from(["field", "component", "drop", "repeat", "truncate", "obx"]))
+    if action == "obx":  # the observation fields a reader interprets: OBX-2 type, -3 code, -5 value, -6 units
+        index = draw(st.sampled_from([i for i, seg in enumerate(segments) if seg.startswith("OBX")]))
     fields = segments[index].split("|")
-    action = draw(st.sampled_from(["field", "component", "drop", "repeat", "truncate"]))
-    if action in ("field", "component") and len(fields) > 1:
-        at = draw(st.integers(1, len(fields) - 1))
+    if action in ("field", "component", "obx") and len(fields) > 1:
+        at = draw(st.sampled_from([2, 3, 5, 6])) if action == "obx" else draw(st.integers(1, len(fields) - 1))
+        at = min(at, len(fields) - 1)
+        action = "component" if action == "obx" else action
         odd = draw(st.sampled_from(ODD) | st.text(max_size=12))
         if action == "field":
             fields[at] = odd
@@ -53,6 +57,25 @@ def field_mutation(draw, style: str) -> bytes:
     else:
         segments[index] = segments[index][: draw(st.integers(0, len(segments[index])))]
     return "\r".join(segments).encode("utf-8", "surrogatepass")
+
+
+UNICODE_DIGITS = "²³¹⁴٣١۲१৩０𝟙"  # str.isdigit() is true for all of them; int() takes only some
+
+
+@st.composite
+def lead_code_mutation(draw) -> bytes:
+    """OBX-3 (the lead code) and OBX-5/-6 numbers with a Unicode digit put in or swapped for an ASCII one."""
+    segments = _segments("na")
+    index = draw(st.sampled_from([i for i, seg in enumerate(segments) if seg.startswith("OBX")]))
+    fields = segments[index].split("|")
+    at = draw(st.sampled_from([3, 5, 6]))
+    text = fields[at]
+    where = draw(st.integers(0, max(0, min(len(text), 40) - 1)))
+    digit = draw(st.sampled_from(UNICODE_DIGITS))
+    text = text[:where] + digit + text[where + draw(st.integers(0, 1)):]
+    fields[at] = text
+    segments[index] = "|".join(fields)
+    return "\r".join(segments).encode("utf-8")
 
 
 @st.composite
@@ -89,6 +112,12 @@ def test_valid_messages_read() -> None:
 @given(field_mutation("na"))
 def test_hl7_na_fields(data: bytes) -> None:
     assert_contract("hl7-na", lambda: read_ecg(data, fmt="hl7"))
+
+
+@FUZZ
+@given(lead_code_mutation())
+def test_hl7_na_unicode_digits(data: bytes) -> None:
+    assert_contract("hl7-na-digits", lambda: read_ecg(data, fmt="hl7"))
 
 
 @FUZZ
