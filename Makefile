@@ -53,7 +53,7 @@ serve: install
 bench: install
 	$(LASAN) bench --work $(WORK) --publish docs/benchmarks.md
 
-# The paper's experiment grid (30-50 min on 2 cores; resumes if interrupted): regenerates docs/experiments.md.
+# The paper's experiment grid (about half an hour on 2 cores; resumes if interrupted): regenerates docs/experiments.md.
 experiments: install
 	$(LASAN) experiments --config configs/experiments.yaml --out $(WORK)/experiments --docs
 
