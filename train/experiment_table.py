@@ -107,6 +107,8 @@ def direction_verdict(ci: dict[str, Any], direction: int) -> tuple[str, str]:
         return REPRODUCED, "same direction as the paper; the 95 % CI excludes 0"
     if hi < 0:
         return NOT_REPRODUCED, "opposite direction to the paper; the 95 % CI excludes 0"
+    if abs(est) < 5e-4:
+        return NOT_REPRODUCED, "no difference (the estimate rounds to 0.000; the 95 % CI includes 0)"
     if est > 0:
         return NOT_REPRODUCED, "same direction as the paper, but the 95 % CI includes 0: not resolved on this cohort"
     return NOT_REPRODUCED, "opposite direction to the paper; the 95 % CI includes 0"
