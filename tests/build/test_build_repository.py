@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_THRESHOLDS, make_tiny_checkpoint
+from testkit import TINY_THRESHOLDS, make_tiny_checkpoint
 
 from lasan.build.export import cuda_available
 from lasan.build.repository import DEFAULT_THRESHOLDS, SYNTHETIC_NOTICE, write_repository

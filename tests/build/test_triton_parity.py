@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_single_lead_checkpoint, make_tiny_checkpoint, simple_ecg
+from testkit import make_single_lead_checkpoint, make_tiny_checkpoint, simple_ecg
 
 from lasan.build.repository import write_repository
 from lasan.build.serve import TritonServer, free_port

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from testkit import make_tiny_checkpoint
 
 from lasan.errors import CheckpointError, ConfigError
 from lasan.train.calibration import (
@@ -16,22 +17,6 @@ from lasan.train.calibration import (
     nll,
 )
 from lasan.train.metrics import expected_calibration_error
-
-
-def shared_fixtures():
-    """``tests/conftest.py`` as a module. A bare ``from conftest import`` at run time can find
-    tests/client's or tests/integration's conftest instead, when those were collected first."""
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    name = "lasan_tests_shared_conftest"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "conftest.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # before exec: its dataclasses look their module up there
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 def synthetic_logits(n: int, temperature: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -95,7 +80,6 @@ def test_bad_inputs_are_explained():
 
 
 def test_checkpoint_stores_calibration_and_old_ones_load_with_t_1(tmp_path):
-    make_tiny_checkpoint = shared_fixtures().make_tiny_checkpoint
 
     from lasan.checkpoint import load_checkpoint
 
@@ -115,7 +99,6 @@ def test_checkpoint_stores_calibration_and_old_ones_load_with_t_1(tmp_path):
 
 
 def test_an_unusable_stored_calibration_is_a_checkpoint_error(tmp_path):
-    make_tiny_checkpoint = shared_fixtures().make_tiny_checkpoint
 
     from lasan.checkpoint import load_checkpoint
 

@@ -62,7 +62,7 @@ class LeadDependentServed(nn.Module):
 
 
 def _records(n: int, seed: int = 0) -> list[ECGRecord]:
-    from conftest import simple_ecg
+    from testkit import simple_ecg
 
     rng = np.random.default_rng(seed)
     out = []

@@ -4,26 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from testkit import make_single_lead_checkpoint, simple_ecg
 
 from lasan.models import EncoderSpec, HybridConfig, LASANConfig, build_model
 from lasan.preprocessing import InputSpec
-
-
-def shared_fixtures():
-    """``tests/conftest.py`` as a module. A bare ``from conftest import`` at run time can find
-    tests/client's or tests/integration's conftest instead, when those were collected first."""
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    name = "lasan_tests_shared_conftest"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "conftest.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # before exec: its dataclasses look their module up there
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
 
 TINY_INPUT = InputSpec(n_samples=512)
 TINY = LASANConfig(input=TINY_INPUT, cnn_channels=(4, 8, 8, 16), d_model=16, n_heads=4, ff_dim=32, head_hidden=8)
@@ -107,7 +91,6 @@ def test_zero_lead_feature_equals_a_real_input_occlusion_through_preprocessing()
     # The constant-feature shortcut must be what the encoder makes of a lead zeroed in mV
     # and preprocessed like any other: an all-zero row (median, band-pass, z-score of zeros).
     import numpy as np
-    simple_ecg = shared_fixtures().simple_ecg
 
     from lasan.models import ServedLASAN
     from lasan.preprocessing import InputSpec, preprocess_array
@@ -180,8 +163,6 @@ def test_importance_is_uniform_when_no_lead_changes_the_decision():
 
 def test_single_lead_model_puts_the_importance_on_that_lead(tmp_path):
     import numpy as np
-    shared = shared_fixtures()
-    make_single_lead_checkpoint, simple_ecg = shared.make_single_lead_checkpoint, shared.simple_ecg
 
     from lasan.checkpoint import load_checkpoint
     from lasan.preprocessing import preprocess_array
