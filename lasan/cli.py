@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("lasan.train.synth_cli", "write a synthetic ARVC / LQTS / control cohort with a manifest"),
     "train": ("lasan.train.cli", "train a LASAN or hybrid model from a YAML config"),
     "evaluate": ("lasan.train.evaluate_cli", "evaluate a checkpoint: AUROC with CIs, lead masking, baselines"),
-    "targets": ("lasan.train.targets", "measure issue 10's targets on a running Triton server: MET / MISSED"),
+    "targets": ("lasan.train.targets", "measure the trustworthiness targets (importance, calibration, operating points) on a running Triton: MET / MISSED"),
     "experiments": ("lasan.train.experiments", "run the paper's experiment grid; one table with the paper's numbers"),
     "build": ("lasan.build.cli", "export a checkpoint to a Triton model repository"),
     "serve": ("lasan.build.serve", "start the embedded Triton server on a model repository"),

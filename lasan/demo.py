@@ -9,7 +9,7 @@
 5. ``lasan score`` pydicom's real Mortara ECG and synthetic test-split ECGs drawn AT RANDOM
    (seeded, per class; never chosen for being right) through the ``lasan`` ensemble, with a
    12-lead report PDF; the table shows file names and, for synthetic ECGs, the true label
-6. ``lasan targets``: issue 10's targets measured on the served ensemble (MET / MISSED)
+6. ``lasan targets``: the trustworthiness targets (issue 10) measured on the served ensemble (MET / MISSED)
 7. stop the server
 
 Steps whose output already exists are reused (``--fresh`` redoes them), so a second
@@ -48,7 +48,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--normals", type=int, default=40, help="neurokit2 normal ECGs for evaluation and targets (1-2 s each)"
     )
-    parser.add_argument("--fresh-patients", type=int, default=40, help="fresh patients for the targets' ECE check")
+    parser.add_argument("--fresh-patients", type=int, default=150, help="fresh patients for the targets' ECE check (about 320 ECGs: fewer make the ECE mostly sampling noise)")
     parser.add_argument("--targets", action=argparse.BooleanOptionalAction, default=True, help="run lasan targets")
     parser.add_argument("--docs", default=None, help="also copy the report and targets table into this folder")
 
@@ -147,9 +147,17 @@ def headline(report_json: Path) -> str:
         before, after = cal["before"], cal["after"]
         line += (
             f"; ECE {before['estimate']:.3f} before, {after['estimate']:.3f} after calibration "
-            f"(T = {report['calibration']['temperature']:.2f}; 95% CI {after['low']:.3f}-{after['high']:.3f})"
+            f"({_calibration_name(report['calibration'])}; 95% CI {after['low']:.3f}-{after['high']:.3f})"
         )
     return line
+
+
+def _calibration_name(calibration: dict) -> str:
+    """``T = 0.84`` for temperature scaling, the method's name otherwise (vector scaling has no single T)."""
+    temperature = calibration.get("temperature")
+    if temperature is not None:
+        return f"T = {temperature:.2f}"
+    return f"{(calibration.get('stored') or {}).get('method', 'no')} scaling"
 
 
 def _rel(path: str | Path) -> str:
@@ -245,7 +253,7 @@ def run(args: argparse.Namespace) -> int:
         print(summary)
         if args.targets:
             _step(
-                "measure issue 10's targets on the served ensemble",
+                "measure the trustworthiness targets on the served ensemble",
                 [
                     "targets",
                     "--url",

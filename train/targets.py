@@ -78,7 +78,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--work", default=None, help="folder for the fresh cohort and cached normals (default: beside --out)"
     )
-    parser.add_argument("--fresh-patients", type=int, default=60, help="patients in the freshly generated cohort")
+    parser.add_argument("--fresh-patients", type=int, default=150, help="patients in the freshly generated cohort (about 320 ECGs)")
     parser.add_argument("--fresh-seed", type=int, default=1009, help="seed of the fresh cohort (not the training seed)")
     parser.add_argument("--normals", type=int, default=100, help="neurokit2 normal ECGs")
     parser.add_argument("--normals-seed", type=int, default=NormalsSpec.seed)
