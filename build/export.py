@@ -11,7 +11,7 @@ import io
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -160,7 +160,7 @@ def export_onnx(
         torch.onnx.export(
             module.eval(),
             example,
-            buf,
+            cast(Any, buf),  # BytesIO is accepted at runtime; the stub only lists paths
             input_names=list(input_names),
             output_names=list(output_names),
             dynamic_axes=axes,

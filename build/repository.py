@@ -22,7 +22,7 @@ import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -49,6 +49,9 @@ from lasan.tensor_names import (
     OUTPUTS_MODEL,
     PREPROCESS_MODEL,
 )
+
+if TYPE_CHECKING:
+    from lasan.models.config import LASANConfig
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
@@ -93,7 +96,7 @@ class BuildReport:
 
 def model_shape(ckpt: LoadedCheckpoint) -> ModelShape:
     cfg = ckpt.config
-    lc = getattr(cfg, "lasan", cfg)
+    lc = cast("LASANConfig", getattr(cfg, "lasan", cfg))  # a hybrid's own LASAN config, else cfg itself
     foundation = getattr(ckpt.model, "foundation_dim", None)
     return ModelShape(
         n_leads=lc.n_leads,

@@ -183,6 +183,7 @@ def repository_spec(
     model_input = _fp32(MODEL_INPUT, s.n_leads, s.n_samples)
     enc_out = [_fp32(LEAD_FEATURES, s.n_leads, s.d_model)]
     if hybrid:
+        assert s.foundation_dim is not None  # hybrid is defined by it
         enc_out.append(_fp32(FOUNDATION_FEATURES, s.foundation_dim))
     fusion_out = (
         _fp32(PROBABILITIES, s.n_classes),
@@ -202,7 +203,7 @@ def repository_spec(
     )
     n = options.max_batch_size
     gpu = options.profile in ("gpu", "jetson")
-    common = dict(max_batch_size=n, instance_count=options.instances, preferred_batch_sizes=_preferred(n))
+    common: dict[str, Any] = dict(max_batch_size=n, instance_count=options.instances, preferred_batch_sizes=_preferred(n))
 
     preprocess = ModelSpec(
         PREPROCESS_MODEL,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -137,7 +138,7 @@ def render_report(record: ECGRecord, score: Score, title: str | None = None) -> 
                 alpha = 0.06 + 0.34 * weights[lead] / w_max
                 ax.add_patch(Rectangle((x0, top - _ROW_MM), col_mm, _ROW_MM, color=_SHADE, alpha=alpha, lw=0, zorder=1))
                 label = f"{lead}  {weights[lead]:.2f}"
-                style = {"color": "black", "fontweight": "bold"}
+                style: dict[str, Any] = {"color": "black", "fontweight": "bold"}
             else:
                 label = f"{lead} (derived)" if lead in derived else lead
                 style = {"color": "#555555", "fontstyle": "italic"}

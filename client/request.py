@@ -73,6 +73,7 @@ def wire_ecg(record: ECGRecord) -> WireECG:
     Raises:
         MissingLeadsError: a model lead is absent and cannot be derived from the others.
     """
+    derived: tuple[str, ...]
     if all(lead in record.leads for lead in STANDARD_LEADS):
         full, order, derived = record, STANDARD_LEADS, ()
     else:  # send only the 8 model leads: deriving III/aVR/aVL/aVF would add rows the model ignores

@@ -219,7 +219,7 @@ def run(args: argparse.Namespace) -> int:
         ["build", str(checkpoint), "--profile", "cpu", "--out", str(repo)],
     )
 
-    ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
+    ports: dict[str, Any] = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
     summary = headline(report_dir / "report.json")
     print(f"\n{summary}")
 

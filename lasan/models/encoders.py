@@ -27,7 +27,7 @@ import logging
 import math
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -128,6 +128,8 @@ class HubertECGEncoder(nn.Module):
     6,000-sample sequence (lead-major, as the public model expects), then the mean of
     the last hidden states, optionally projected to ``out_dim``.
     """
+
+    fir: torch.Tensor  # non-persistent buffer, registered in __init__
 
     def __init__(self, hubert: nn.Module, input_fs: float, hidden_size: int, out_dim: int | None = None):
         super().__init__()
@@ -266,10 +268,10 @@ def self_contained_spec(spec: EncoderSpec, encoder: nn.Module) -> tuple[EncoderS
             data = Path(spec.path).read_bytes()
         except OSError as exc:
             raise ConfigError(f"cannot read TorchScript encoder {spec.path}: {exc}") from exc
-        options = {**spec.options, "out_dim": int(encoder.out_dim)}
+        options = {**spec.options, "out_dim": int(cast(int, encoder.out_dim))}
         return replace(spec, path=None, options=options), {TORCHSCRIPT_ASSET: data}
     if spec.kind == "hubert_ecg" and isinstance(encoder, HubertECGEncoder):
-        hf_config = encoder.hubert.config.to_dict()
+        hf_config = cast(Any, encoder.hubert).config.to_dict()
         options = {**spec.options, "hf_config": _plain(hf_config)}
         if spec.path:
             options["source"] = str(spec.path)

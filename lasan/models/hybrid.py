@@ -7,6 +7,8 @@ classifies. Lead-importance weights come from the LASAN branch.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -59,7 +61,7 @@ class HybridLASAN(nn.Module):
     def __init__(self, cfg: HybridConfig, foundation: nn.Module):
         super().__init__()
         self.config = cfg
-        self.foundation_dim = int(foundation.out_dim)
+        self.foundation_dim = int(cast(int, foundation.out_dim))
         self.encoder = HybridEncoder(PerLeadCNN(cfg.lasan), foundation)
         self.fusion = HybridFusion(cfg, self.foundation_dim)
 

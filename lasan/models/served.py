@@ -35,7 +35,7 @@ which the Triton ensemble runs, so served and in-process numbers agree by constr
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -77,6 +77,10 @@ def _occluded_copies(lead_features: torch.Tensor, zero_feature: torch.Tensor) ->
 
 class _Calibrated(nn.Module):
     """Shared state of the two served fusions: calibration and the zero-lead feature."""
+
+    zero_feature: torch.Tensor  # buffers, registered in __init__
+    scale: torch.Tensor
+    bias: torch.Tensor
 
     def __init__(self, zero_feature: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor):
         super().__init__()
@@ -162,20 +166,20 @@ class ServedLASAN(nn.Module):
     def __init__(self, model: nn.Module, temperature: float = 1.0, calibration: dict[str, Any] | None = None):
         super().__init__()
         model.eval()
-        self.model = model
+        self.model: Any = model
         self.kind = str(getattr(model, "kind", "lasan"))
-        cfg = model.config
+        cfg: Any = model.config
         classes = tuple(cfg.classes)
         cal = calibration if calibration else {"method": "temperature", "temperature": float(temperature)}
         scale, bias = calibration_params(cal, len(classes))
         self.calibration: dict[str, Any] = dict(cal)
-        lead_cnn = model.encoder.lead_cnn if self.kind == "hybrid" else model.encoder
+        lead_cnn: Any = cast(Any, model.encoder).lead_cnn if self.kind == "hybrid" else model.encoder
         param = next(model.parameters())
         with torch.no_grad():
             zeros = torch.zeros(1, 1, cfg.input.n_samples, dtype=param.dtype, device=param.device)  # (1, 1 lead, T)
             zero_feature = lead_cnn(zeros)[0, 0]  # (D,)
         fusion_cls = ServedHybridFusion if self.kind == "hybrid" else ServedFusion
-        self.fusion = fusion_cls(model.fusion_part(), zero_feature, scale, bias)
+        self.fusion = fusion_cls(cast(Any, model).fusion_part(), zero_feature, scale, bias)
 
     @property
     def config(self) -> Any:
