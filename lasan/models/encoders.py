@@ -27,7 +27,7 @@ import logging
 import math
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -129,7 +129,8 @@ class HubertECGEncoder(nn.Module):
     the last hidden states, optionally projected to ``out_dim``.
     """
 
-    fir: torch.Tensor  # non-persistent buffer, registered in __init__
+    if TYPE_CHECKING:  # a non-persistent buffer, registered in __init__; no run-time annotation (TorchScript)
+        fir: torch.Tensor
 
     def __init__(self, hubert: nn.Module, input_fs: float, hidden_size: int, out_dim: int | None = None):
         super().__init__()

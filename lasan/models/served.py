@@ -35,7 +35,7 @@ which the Triton ensemble runs, so served and in-process numbers agree by constr
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -78,9 +78,10 @@ def _occluded_copies(lead_features: torch.Tensor, zero_feature: torch.Tensor) ->
 class _Calibrated(nn.Module):
     """Shared state of the two served fusions: calibration and the zero-lead feature."""
 
-    zero_feature: torch.Tensor  # buffers, registered in __init__
-    scale: torch.Tensor
-    bias: torch.Tensor
+    if TYPE_CHECKING:  # buffers, registered in __init__; not class annotations at run time (TorchScript)
+        zero_feature: torch.Tensor
+        scale: torch.Tensor
+        bias: torch.Tensor
 
     def __init__(self, zero_feature: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor):
         super().__init__()
