@@ -157,7 +157,7 @@ def train_from_config(cfg: TrainConfig, resume: bool = False, device: str | None
     log.info("train %d ECGs, validation %d ECGs (%s)", len(arrays["train"]), len(arrays["val"]), manifest)
 
     seed_everything(tcfg.seed)
-    model = build_model(cfg.model)  # a hubert_ecg / torchscript encoder is read from its path here
+    model: Any = build_model(cfg.model)  # a hubert_ecg / torchscript encoder is read from its path here
     assets: dict[str, bytes] = {}
     model_cfg = cfg.model
     if isinstance(model_cfg, HybridConfig):

@@ -74,7 +74,7 @@ class BeatMeasurements:
         )
 
 
-def _smooth(x: np.ndarray, n: int) -> np.ndarray:
+def _smooth(x: np.ndarray, n: float) -> np.ndarray:
     n = max(int(n), 1)
     return np.convolve(x, np.ones(n) / n, mode="same")
 

@@ -23,7 +23,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -62,6 +62,9 @@ from lasan.train.report import (
     paired_differences,
     write_report,
 )
+
+if TYPE_CHECKING:
+    from lasan.models.config import LASANConfig
 
 __all__ = [
     "configure",
@@ -216,7 +219,7 @@ def load_evaluation_data(
 
 def _cnn_baseline(ckpt: LoadedCheckpoint, data: EvaluationData, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
     cfg = ckpt.config
-    lasan_cfg = getattr(cfg, "lasan", cfg)  # hybrids: compare against a CNN of LASAN's own size
+    lasan_cfg = cast("LASANConfig", getattr(cfg, "lasan", cfg))  # hybrids: compare against a CNN of LASAN's own size
     training = ckpt.info.training
     train_cfg = CNNTrainConfig(
         epochs=int(_training_value(training, "epochs", default=15)),
@@ -269,7 +272,7 @@ def operating_points_with_ci(
     seed: int,
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """:func:`evaluate_operating_points` plus patient-bootstrap CIs of sensitivity and specificity."""
-    point_estimates = evaluate_operating_points(thresholds, probs, y, classes)
+    point_estimates: dict[str, dict[str, dict[str, Any]]] = evaluate_operating_points(thresholds, probs, y, classes)
     keys = [(point, cls) for point, per_class in point_estimates.items() for cls in per_class]
 
     def stat(idx: np.ndarray) -> dict[str, float]:
@@ -450,7 +453,7 @@ def evaluate(
     timings["lead_masking"] = _lap()
     finding = masking_finding(masking)
     if finding["available"]:
-        v1_v3 = tuple(spec.leads.index(lead) for lead in masking[finding["group"]]["leads"])
+        v1_v3 = tuple(spec.leads.index(lead) for lead in cast(Any, masking[finding["group"]]["leads"]))
         masked = predict(model, test.x, mask=v1_v3).probs
         finding["drop_difference_ci"] = masking_contrast(
             preds.probs, masked, test.y, groups, classes, n_boot=n_boot, seed=seed

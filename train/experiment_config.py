@@ -144,7 +144,7 @@ class GridConfig:
         return replace(self, training=replace(self.training, seed=seed),
                        foundation_training=replace(self.foundation_training, seed=seed))
 
-    def train_config(self, name: str, manifest: Path, run_dir: Path | None = None) -> TrainConfig:
+    def train_config(self, name: str, manifest: Path, run_dir: Path | str | None = None) -> TrainConfig:
         """The ``lasan train`` config of a LASAN or hybrid row (``lasan`` / ``*hybrid_*``)."""
         data = DataConfig(manifest=str(manifest), cache_dir=str(self.cache_dir), split_seed=self.data.split_seed)
         run_dir = str(run_dir or self.out / "runs" / name)

@@ -102,6 +102,7 @@ def direction_verdict(ci: dict[str, Any], direction: int) -> tuple[str, str]:
         return NOT_COMPARABLE, "the paper reports no number for this comparison"
     if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (est, lo, hi)):
         return NOT_COMPARABLE, "undefined on these data (a class is missing from the test split)"
+    assert est is not None and lo is not None and hi is not None  # all numbers, checked above
     est, lo, hi = direction * est, direction * lo, direction * hi  # positive = the paper's side
     if lo > 0:
         return REPRODUCED, "same direction as the paper; the 95 % CI excludes 0"

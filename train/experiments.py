@@ -30,7 +30,7 @@ import shutil
 import time
 from dataclasses import MISSING, dataclass, fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -126,7 +126,7 @@ class FoundationClassifier(nn.Module):
         super().__init__()
         self.config = cfg
         self.foundation = foundation
-        self.head = nn.Linear(int(foundation.out_dim), len(cfg.classes))
+        self.head = nn.Linear(int(cast(int, foundation.out_dim)), len(cfg.classes))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         b, n_leads = x.shape[0], x.shape[1]
@@ -378,7 +378,7 @@ def _pretrained_builtin(cfg: GridConfig, cohort: Cohort, progress: bool) -> dict
         torch.set_num_threads(int(tc.num_threads))
     seed_everything(tc.seed)
     hybrid = build_model(HybridConfig(lasan=cfg.lasan, encoder=cfg.encoder_for("fm_finetune"), fusion_dim=cfg.fusion_dim))
-    encoder = hybrid.foundation
+    encoder = cast(nn.Module, hybrid.foundation)
     losses: list[float] = []
     if cfg.pretrain is not None:
         losses = pretrain_encoder(encoder, cohort.arrays["train"].x, cfg.pretrain, seed=tc.seed,
@@ -399,7 +399,7 @@ def _train_foundation_alone(cfg: GridConfig, name: str, cohort: Cohort, run_dir:
     if spec.kind == "builtin":
         encoder.load_state_dict(_pretrained_builtin(cfg, cohort, progress))
     seed_everything(tc.seed)
-    model = FoundationClassifier(FoundationProbeConfig(spec, cfg.lasan.input, tuple(cfg.lasan.classes)), encoder)
+    model: nn.Module = FoundationClassifier(FoundationProbeConfig(spec, cfg.lasan.input, tuple(cfg.lasan.classes)), encoder)
     weights = run_dir / "model.pt"
     info: dict[str, Any] = {"architecture": "foundation encoder + one linear layer", "strategy": spec.strategy}
     if weights.is_file():

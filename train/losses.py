@@ -8,6 +8,7 @@ alpha weights as the normaliser, so ``gamma = 0`` equals
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -23,6 +24,9 @@ class FocalLoss(nn.Module):
     Raises:
         ConfigError: negative gamma, or alpha weights that are not positive.
     """
+
+    if TYPE_CHECKING:  # a buffer, registered in __init__; no run-time annotation (TorchScript)
+        alpha: torch.Tensor | None
 
     def __init__(self, gamma: float = 2.0, alpha: Sequence[float] | None = None):
         super().__init__()

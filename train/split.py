@@ -75,7 +75,7 @@ class Split:
         out: dict[str, Any] = {}
         for name in ALL_SPLIT_NAMES:
             rows = self.rows(name)
-            first = {}
+            first: dict[Any, Any] = {}
             for row in rows:
                 first.setdefault(row.patient_id, row.label)
             out[name] = {

@@ -12,6 +12,7 @@ the comments below name the source of each number.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -157,6 +158,7 @@ def sample_profile(rng: np.random.Generator, label: str) -> PatientProfile:
             expression = float(rng.beta(4.0, 1.8))
         if genotype == "LQT3":  # typical LQT3 pattern in ~65 % (Zhang 2000) vs ~88 % LQT1/2
             expression *= 0.8
+    epsilon: tuple[tuple[float, float], ...]
     twi_extent, twi_depth, tad, rv_voltage, epsilon = "", 0.0, rng.normal(42, 6), 1.0, ()
     if label == "ARVC":
         genotype = _choice(rng, ARVC_GENES)
@@ -333,7 +335,7 @@ def _unit(*v: float) -> np.ndarray:
     return a / np.linalg.norm(a)
 
 
-def _t(v: np.ndarray) -> tuple[float, ...]:
+def _t(v: np.ndarray) -> Any:  # a Wave dipole (3 floats) or local term (6 floats): as long as v
     return tuple(float(x) for x in v)
 
 

@@ -21,10 +21,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -287,7 +287,10 @@ def measure_targets(args: argparse.Namespace) -> tuple[list[TargetResult], dict[
         for k, d in enumerate(disease):
             pos = y == classes.index(d)
             cis = patient_bootstrap(
-                lambda i, pos=pos, k=k: {"s": float(flags[i][pos[i], k].mean()) if pos[i].any() else float("nan")},
+                cast(
+                    Callable[[np.ndarray], dict[str, float]],
+                    lambda i, pos=pos, k=k: {"s": float(flags[i][pos[i], k].mean()) if pos[i].any() else float("nan")},
+                ),
                 groups,
                 n_boot,
                 seed,

@@ -21,7 +21,7 @@ import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -103,7 +103,7 @@ def foundation_frozen(model: nn.Module, epoch: int) -> bool:
     """Whether the foundation encoder is frozen during 0-based ``epoch`` (False for LASAN)."""
     if getattr(model, "kind", "lasan") != "hybrid":
         return False
-    spec = model.config.encoder
+    spec = cast(Any, model).config.encoder
     if spec.strategy == "linear_probe":
         return True
     if spec.strategy == "lp_ft":
@@ -114,16 +114,16 @@ def foundation_frozen(model: nn.Module, epoch: int) -> bool:
 def _set_mode(model: nn.Module, training: bool, frozen: bool) -> None:
     model.train(training)
     if getattr(model, "kind", "lasan") == "hybrid":
-        model.set_foundation_trainable(not frozen)
+        cast(Any, model).set_foundation_trainable(not frozen)
 
 
 def _optimizer(model: nn.Module, cfg: TrainingConfig) -> torch.optim.Optimizer:
     groups: list[dict[str, Any]]
     if getattr(model, "kind", "lasan") == "hybrid":
-        found = {id(p) for p in model.foundation.parameters()}
+        found = {id(p) for p in cast(nn.Module, model.foundation).parameters()}
         rest = [p for p in model.parameters() if id(p) not in found]
-        enc_lr = cfg.lr if model.config.encoder.strategy == "finetune" else (cfg.encoder_lr or cfg.lr / 10.0)
-        groups = [{"params": rest, "lr": cfg.lr}, {"params": list(model.foundation.parameters()), "lr": enc_lr}]
+        enc_lr = cfg.lr if cast(Any, model).config.encoder.strategy == "finetune" else (cfg.encoder_lr or cfg.lr / 10.0)
+        groups = [{"params": rest, "lr": cfg.lr}, {"params": list(cast(nn.Module, model.foundation).parameters()), "lr": enc_lr}]
     else:
         groups = [{"params": list(model.parameters()), "lr": cfg.lr}]
     return torch.optim.Adam(groups, weight_decay=cfg.weight_decay)
@@ -235,7 +235,7 @@ def train_model(
     optimizer = _optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
     gen = torch.Generator().manual_seed(cfg.seed)  # shuffling and augmentation
-    augment = Augment(fs=float(model.config.input.fs)) if cfg.augment else None
+    augment = Augment(fs=float(cast(Any, model).config.input.fs)) if cfg.augment else None
     state_file = Path(state_path) if state_path else None
 
     start, best, best_epoch, bad, history = 0, -math.inf, 0, 0, []
