@@ -30,12 +30,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from lasan.errors import ConfigError
 from lasan.models.config import EncoderSpec, HybridConfig, LASANConfig
 from lasan.train.masking import LEAD_GROUPS
-from lasan.train.train_config import DataConfig, PretrainConfig, TrainConfig, TrainingConfig
+from lasan.train.train_config import DataConfig, PretrainConfig, TrainConfig, TrainingConfig, read_yaml
 
 __all__ = [
     "EXPERIMENTS",
@@ -242,12 +240,7 @@ def load_grid_config(path: str | Path) -> GridConfig:
         ConfigError: the file is missing, not YAML, or invalid (the message names the key).
     """
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read experiments config {path}: {exc}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    raw = read_yaml(path, "experiments config")
     try:
         return GridConfig.from_dict(raw)
     except ConfigError as exc:

@@ -180,6 +180,20 @@ def _section(raw: dict[str, Any], name: str, cls: type) -> dict[str, Any]:
     return dict(section)
 
 
+
+def read_yaml(path: Path, what: str) -> Any:
+    """The parsed YAML of ``path``; ``what`` names the file in errors ("training config").
+
+    Raises:
+        ConfigError: the file cannot be read or is not YAML.
+    """
+    try:
+        return yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+
 def load_train_config(path: str | Path) -> TrainConfig:
     """Read and validate a YAML training config.
 
@@ -187,12 +201,7 @@ def load_train_config(path: str | Path) -> TrainConfig:
         ConfigError: the file is missing, not YAML, or invalid.
     """
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read training config {path}: {exc}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    raw = read_yaml(path, "training config")
     try:
         return TrainConfig.from_dict(raw)
     except ConfigError as exc:

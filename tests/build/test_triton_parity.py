@@ -28,6 +28,7 @@ from lasan.leads import STANDARD_LEADS
 from lasan.preprocessing import preprocess_array
 from lasan.tensor_names import (
     ENSEMBLE_MODEL,
+    ENSEMBLE_OUTPUTS,
     INPUT_ECG,
     INPUT_SAMPLING_RATE,
     OUTPUT_AGGREGATOR_WEIGHTS,
@@ -102,14 +103,7 @@ def _inputs(batch: np.ndarray, rates: np.ndarray) -> list:
     return [ecg, fs]
 
 
-OUTPUTS = (
-    OUTPUT_PROBABILITIES,
-    OUTPUT_LEAD_IMPORTANCE,
-    OUTPUT_AGGREGATOR_WEIGHTS,
-    OUTPUT_ATTENTION,
-    OUTPUT_SCREENING,
-    OUTPUT_CONFIRMATION,
-)
+OUTPUTS = ENSEMBLE_OUTPUTS
 FLOAT_OUTPUTS = (OUTPUT_PROBABILITIES, OUTPUT_LEAD_IMPORTANCE, OUTPUT_AGGREGATOR_WEIGHTS, OUTPUT_ATTENTION)
 
 
