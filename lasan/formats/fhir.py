@@ -24,10 +24,16 @@ import numpy as np
 from ..errors import BadWaveformError, MalformedECGError, MissingLeadsError, UnsupportedFormatError
 from ..leads import STANDARD_LEADS, canonical_lead
 from ..record import Acquisition, ECGRecord, PatientIdentity
+from .bounded import read_bounded
 
 __all__ = ["MAX_FHIR_BYTES", "sniff_fhir", "read_fhir"]
 
 MAX_FHIR_BYTES = 32 * 1024 * 1024
+
+
+def _check_size(size: int, what: str) -> None:
+    if size > MAX_FHIR_BYTES:
+        raise MalformedECGError(f"{what} is larger than {MAX_FHIR_BYTES // (1024 * 1024)} MB; it was not read")
 _ANY_RESOURCE = re.compile(rb'"resourceType"\s*:\s*"(Observation|Bundle)"')
 _UNITS_TO_MV = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "v": 1e3, "nv": 1e-6}
 _OUT_OF_RANGE = {"E", "L", "U"}
@@ -53,11 +59,8 @@ def read_fhir(source: str | os.PathLike[str] | bytes) -> ECGRecord:
     else:
         path = Path(source)
         what = f"FHIR file {path}"
-        if path.stat().st_size > MAX_FHIR_BYTES:
-            raise MalformedECGError(f"{what} is larger than {MAX_FHIR_BYTES // (1024 * 1024)} MB; it was not read")
-        data = path.read_bytes()
-    if len(data) > MAX_FHIR_BYTES:
-        raise MalformedECGError(f"{what} is larger than {MAX_FHIR_BYTES // (1024 * 1024)} MB; it was not read")
+        data = read_bounded(path, what, lambda size: _check_size(size, what))
+    _check_size(len(data), what)
     try:
         document = json.loads(data.decode("utf-8-sig"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -26,6 +26,7 @@ import numpy as np
 from ..errors import BadWaveformError, MalformedECGError, MissingLeadsError, UnsupportedFormatError
 from ..leads import STANDARD_LEADS, canonical_lead
 from ..record import Acquisition, ECGRecord, PatientIdentity
+from .bounded import read_bounded
 
 __all__ = ["VENDOR_FORMATS", "FORMAT_NAMES", "MAX_VENDOR_BYTES", "MAX_EDF_SECONDS", "sniff_vendor", "read_vendor"]
 
@@ -115,12 +116,7 @@ def read_vendor(source: str | os.PathLike[str] | bytes, fmt: str | None = None) 
     else:
         path = Path(source)
         what = f"ECG file {path}"
-        try:
-            size = path.stat().st_size
-        except OSError as exc:
-            raise MalformedECGError(f"{what} cannot be read ({exc.strerror or exc})") from exc
-        _check_size(size, what)
-        data = path.read_bytes()
+        data = read_bounded(path, what, lambda size: _check_size(size, what))
     _check_size(len(data), what)
     sniffed = sniff_vendor(data[:4096])
     fmt = fmt or sniffed
