@@ -9,6 +9,7 @@ Relative paths are resolved against the YAML file's folder. See
 
 from __future__ import annotations
 
+import socket
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,8 +54,11 @@ class ListenerConfig:
     port: int = 2575
     tls: TLSConfig | None = None
     max_message_bytes: int = 16 * 1024 * 1024  # a 12-lead 10 s 500 Hz NA message is ~0.4 MB
-    idle_timeout_s: float = 300.0  # close a connection silent this long
-    message_timeout_s: float = 30.0  # from first byte of a frame to its ACK
+    idle_timeout_s: float = 300.0  # close a connection this long after its last complete frame (bytes outside frames don't count)
+    message_timeout_s: float = 30.0  # a message's intake (parse, validate, store) until its ACK is written
+    frame_deadline_s: float = 60.0  # from a frame's first byte to its end (and the TLS handshake): a drip cannot extend it
+    max_connections: int = 64  # open connections in total; more are refused (closed at once, logged)
+    max_connections_per_peer: int = 16  # open connections from one IP address
     default_charset: str = "utf-8"  # used when MSH-18 is empty
     application: str = "LASAN"  # our MSH-3 in ACKs and results
     facility: str = ""  # our MSH-4
@@ -68,6 +72,13 @@ class DicomConfig:
     port: int = 11112
     allowed_calling_aets: tuple[str, ...] = ()  # empty = accept any calling AE title
     min_free_disk_mb: float = 500.0  # below this C-STORE answers 0xA700 (out of resources)
+    require_called_aet: bool = True  # reject an association addressed to another AE title than ae_title
+    max_associations: int = 10  # concurrent associations; more are rejected (local limit exceeded)
+    max_associations_per_peer: int = 4  # concurrent connections from one IP address; more are closed at once
+    network_timeout_s: float = 60.0  # no data at all this long: abort
+    acse_timeout_s: float = 30.0  # association negotiation / release
+    dimse_timeout_s: float = 30.0  # one DIMSE message
+    association_deadline_s: float = 600.0  # whole association, wall clock: a drip cannot hold a slot longer
 
 
 @dataclass(frozen=True)
@@ -80,9 +91,20 @@ class WatchConfig:
 
 @dataclass(frozen=True)
 class TritonConfig:
-    url: str = "localhost:8001"  # gRPC
+    url: str = "localhost:8001"  # gRPC; always urls[0]
     model: str = "lasan"
     timeout_s: float = 30.0
+    # Every Triton this node may score on (YAML triton.urls; triton.url is the one-element list).
+    urls: tuple[str, ...] = ()
+    balance: str = "round_robin"  # round_robin: spread over the healthy servers | in_order: first healthy one
+    reprobe_s: float = 5.0  # a server found down or not ready is skipped this long, then health-checked again
+
+    def __post_init__(self) -> None:
+        # One source of truth whichever was given: urls wins, url is its first entry.
+        if self.urls:
+            object.__setattr__(self, "url", self.urls[0])
+        else:
+            object.__setattr__(self, "urls", (self.url,))
 
 
 @dataclass(frozen=True)
@@ -120,6 +142,8 @@ class MetricsConfig:
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = 9464
+    # This listener's name on its metrics and in its queue leases; the hostname (a pod's name) by default.
+    node: str = field(default_factory=socket.gethostname)
 
 
 @dataclass(frozen=True)
@@ -271,6 +295,9 @@ def config_from_dict(data: Any, base_dir: str | Path = ".") -> AppConfig:
         max_message_bytes=s.integer("max_message_bytes", d.max_message_bytes, 1024, 1 << 30),
         idle_timeout_s=s.number("idle_timeout_s", d.idle_timeout_s, 0.1),
         message_timeout_s=s.number("message_timeout_s", d.message_timeout_s, 0.1),
+        frame_deadline_s=s.number("frame_deadline_s", d.frame_deadline_s, 0.1),
+        max_connections=s.integer("max_connections", d.max_connections, 1, 100_000),
+        max_connections_per_peer=s.integer("max_connections_per_peer", d.max_connections_per_peer, 1, 100_000),
         default_charset=s.text("default_charset", d.default_charset),
         application=s.text("application", d.application),
         facility=s.text("facility", d.facility),
@@ -290,6 +317,13 @@ def config_from_dict(data: Any, base_dir: str | Path = ".") -> AppConfig:
         port=s.port("port", dd.port),
         allowed_calling_aets=s.str_list("allowed_calling_aets"),
         min_free_disk_mb=s.number("min_free_disk_mb", dd.min_free_disk_mb),
+        require_called_aet=s.flag("require_called_aet", dd.require_called_aet),
+        max_associations=s.integer("max_associations", dd.max_associations, 1, 10_000),
+        max_associations_per_peer=s.integer("max_associations_per_peer", dd.max_associations_per_peer, 1, 10_000),
+        network_timeout_s=s.number("network_timeout_s", dd.network_timeout_s, 0.1),
+        acse_timeout_s=s.number("acse_timeout_s", dd.acse_timeout_s, 0.1),
+        dimse_timeout_s=s.number("dimse_timeout_s", dd.dimse_timeout_s, 0.1),
+        association_deadline_s=s.number("association_deadline_s", dd.association_deadline_s, 0.1),
     )
     s.done()
 
@@ -305,11 +339,22 @@ def config_from_dict(data: Any, base_dir: str | Path = ".") -> AppConfig:
 
     s = top.section("triton")
     td = TritonConfig()
+    if s.has("url") and s.has("urls"):
+        raise ConfigError("triton.url, triton.urls: give one of them (url is the same as a one-element urls list)")
+    urls = s.str_list("urls") if s.has("urls") else (s.text("url", td.url),)
+    if not urls:
+        raise ConfigError("triton.urls: give at least one Triton gRPC host:port")
     triton = TritonConfig(
-        url=s.text("url", td.url), model=s.text("model", td.model), timeout_s=s.number("timeout_s", td.timeout_s, 0.1)
+        model=s.text("model", td.model), timeout_s=s.number("timeout_s", td.timeout_s, 0.1), urls=urls,
+        balance=s.text("balance", td.balance, ("round_robin", "in_order")),
+        reprobe_s=s.number("reprobe_s", td.reprobe_s, 0.1),
     )
-    if not triton.url or "://" in triton.url:
-        raise ConfigError(f"triton.url: give host:port of Triton's gRPC endpoint (no scheme), got {triton.url!r}")
+    key = "triton.urls" if s.has("urls") else "triton.url"
+    for url in triton.urls:
+        if not url or "://" in url:
+            raise ConfigError(f"{key}: give host:port of Triton's gRPC endpoint (no scheme), got {url!r}")
+    if len(set(triton.urls)) != len(triton.urls):
+        raise ConfigError(f"{key}: give each Triton gRPC host:port once, got {list(triton.urls)!r}")
     s.done()
 
     s = top.section("scoring")
@@ -357,7 +402,10 @@ def config_from_dict(data: Any, base_dir: str | Path = ".") -> AppConfig:
 
     s = top.section("metrics")
     md = MetricsConfig()
-    metrics = MetricsConfig(enabled=s.flag("enabled", md.enabled), host=s.text("host", md.host), port=s.port("port", md.port))
+    metrics = MetricsConfig(enabled=s.flag("enabled", md.enabled), host=s.text("host", md.host), port=s.port("port", md.port),
+                            node=s.text("node", md.node))
+    if not metrics.node or len(metrics.node) > 253 or any(c.isspace() for c in metrics.node):
+        raise ConfigError(f"metrics.node: a node name is 1-253 characters without spaces, got {metrics.node!r}")
     s.done()
 
     s = top.section("logging")

@@ -9,6 +9,14 @@ its metric and its log line, in one place.
 
 A handler error of any kind becomes an ACK with AE and an ERR segment; a framing error
 closes the connection with a logged reason. The listener itself never dies of either.
+
+Connections are bounded (every refusal and close is logged with the peer and why):
+``listener.max_connections`` in total and ``listener.max_connections_per_peer`` per IP
+address (the next one is closed at once, before any TLS work); the TLS handshake and every
+frame must finish within ``listener.frame_deadline_s`` of their first byte; a connection
+closes ``listener.idle_timeout_s`` after its last complete frame. These are deadlines, not
+inactivity timers, so a sender dripping a byte a second holds a connection no longer than
+one who sends nothing (see :func:`lasan.integration.mllp.read_block`).
 """
 
 from __future__ import annotations
@@ -50,17 +58,23 @@ class MLLPListener:
         self.config, self.intake, self._ssl = config, intake, ssl_context
         self._server: asyncio.base_events.Server | None = None
         self._connections: set[asyncio.Task] = set()
+        self._per_peer: dict[str, int] = {}  # open connections by peer IP address
         self._intake_threads = intake_threads
         self._executor: ThreadPoolExecutor | None = None
 
     async def start(self) -> int:
         """Start listening; returns the bound port (port 0 picks a free one)."""
         self._executor = ThreadPoolExecutor(self._intake_threads, thread_name_prefix="hl7-intake")
+        # TLS is started per connection (not start_server's ssl=): the connection limits apply
+        # before any handshake work, and a failed handshake is logged with its peer and reason.
         self._server = await asyncio.start_server(
-            self._on_connection, self.config.host, self.config.port, ssl=self._ssl, limit=1 << 20
+            self._on_connection, self.config.host, self.config.port, limit=1 << 20
         )
         port = int(self._server.sockets[0].getsockname()[1])
-        event("mllp.listening", logging.INFO, log, host=self.config.host, port=port, tls=self._ssl is not None)
+        c = self.config
+        event("mllp.listening", logging.INFO, log, host=c.host, port=port, tls=self._ssl is not None,
+              max_connections=c.max_connections, max_connections_per_peer=c.max_connections_per_peer,
+              frame_deadline_s=c.frame_deadline_s, idle_timeout_s=c.idle_timeout_s)
         return port
 
     async def stop(self) -> None:
@@ -75,12 +89,68 @@ class MLLPListener:
             self._executor.shutdown(wait=False)
             self._executor = None
 
+    @property
+    def open_connections(self) -> int:
+        return sum(self._per_peer.values())
+
+    def _admit(self, ip: str) -> str | None:
+        """Why a new connection from ``ip`` is refused, or None to admit it (and count it)."""
+        c = self.config
+        if self.open_connections >= c.max_connections:
+            return f"listener.max_connections ({c.max_connections}) connections are open"
+        if self._per_peer.get(ip, 0) >= c.max_connections_per_peer:
+            return f"listener.max_connections_per_peer ({c.max_connections_per_peer}) connections are open from this address"
+        self._per_peer[ip] = self._per_peer.get(ip, 0) + 1
+        return None
+
+    def _release(self, ip: str) -> None:
+        left = self._per_peer.get(ip, 0) - 1
+        if left > 0:
+            self._per_peer[ip] = left
+        else:
+            self._per_peer.pop(ip, None)
+
     async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        ip = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+        peer_s = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        refused = self._admit(ip)
+        if refused is not None:
+            event("mllp.connection_refused", logging.WARNING, log, peer=peer_s, reason=refused,
+                  open=self.open_connections)
+            writer.transport.abort()  # no handshake, no bytes read: the cheapest possible refusal
+            return
         task = asyncio.current_task()
         if task is not None:
             self._connections.add(task)
-        peer = writer.get_extra_info("peername")
-        peer_s = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        try:
+            if self._ssl is not None and not await self._start_tls(writer, peer_s):
+                return
+            await self._serve(reader, writer, peer_s)
+        finally:
+            self._release(ip)
+            if task is not None:
+                self._connections.discard(task)
+
+    async def _start_tls(self, writer: asyncio.StreamWriter, peer: str) -> bool:
+        """The server side of the TLS handshake, bounded by ``frame_deadline_s``; a failure is logged."""
+        try:
+            await writer.start_tls(self._ssl, ssl_handshake_timeout=self.config.frame_deadline_s)  # type: ignore[arg-type]
+            return True
+        except asyncio.CancelledError:
+            writer.transport.abort()
+            raise
+        except ssl.SSLError as exc:
+            reason = exc.reason or exc.strerror or str(exc)  # e.g. WRONG_VERSION_NUMBER, TLSV1_ALERT_UNKNOWN_CA
+        except (asyncio.TimeoutError, TimeoutError):
+            reason = f"handshake not finished within listener.frame_deadline_s ({self.config.frame_deadline_s:g} s)"
+        except (OSError, EOFError) as exc:
+            reason = f"{type(exc).__name__}: {exc}" if str(exc) else f"peer closed during the handshake ({type(exc).__name__})"
+        event("mllp.tls_failed", logging.WARNING, log, peer=peer, reason=reason)
+        writer.transport.abort()
+        return False
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer_s: str) -> None:
         decoder = MLLPDecoder(self.config.max_message_bytes)
         pending: list[bytes] = []
         count = 0
@@ -91,10 +161,12 @@ class MLLPListener:
                     block = await read_block(
                         reader, decoder, pending,
                         idle_timeout_s=self.config.idle_timeout_s,
-                        frame_timeout_s=self.config.message_timeout_s,
+                        frame_timeout_s=self.config.frame_deadline_s,
                     )
                 except asyncio.TimeoutError:
-                    reason = "frame timeout" if decoder.pending_bytes else "idle timeout"
+                    reason = (f"frame deadline: a frame unfinished {self.config.frame_deadline_s:g} s after its first byte"
+                              if decoder.in_frame else
+                              f"idle timeout: no complete frame for {self.config.idle_timeout_s:g} s")
                     break
                 except FrameTooLargeError as exc:
                     reason = "frame too large"
@@ -123,8 +195,6 @@ class MLLPListener:
         finally:
             event("mllp.closed", logging.INFO, log, peer=peer_s, messages=count, reason=reason)
             writer.close()
-            if task is not None:
-                self._connections.discard(task)
 
     async def _answer(self, block: bytes, peer: str) -> tuple[str, str]:
         try:

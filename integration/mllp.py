@@ -116,6 +116,11 @@ class MLLPDecoder:
             self._in_frame = False
 
     @property
+    def in_frame(self) -> bool:
+        """True between a frame's VT and its FS (even before any of its payload arrived)."""
+        return self._in_frame
+
+    @property
     def pending_bytes(self) -> int:
         """Bytes of an unfinished frame (non-zero at EOF means a truncated frame)."""
         return len(self._buffer) if self._in_frame else 0
@@ -139,23 +144,28 @@ async def read_block(
     """The next complete MLLP block from ``reader``, or None at a clean end of stream.
 
     ``pending`` holds blocks already decoded but not yet returned (several frames in one
-    read); pass the same list on every call for one connection. ``idle_timeout_s`` bounds
-    the wait for a frame to begin, ``frame_timeout_s`` the time from its first byte to its end.
+    read); pass the same list on every call for one connection.
+
+    Both limits are deadlines fixed when they start, never timers that data re-arms, so a
+    sender dripping one byte a second cannot hold the connection: ``idle_timeout_s`` runs
+    from this call (the previous frame's end) until a frame begins, and bytes outside a
+    frame do not extend it; ``frame_timeout_s`` runs from the first byte of a frame (its VT)
+    to its end, and neither more bytes nor an abandoned frame restarted by a new VT
+    extend it.
 
     Raises:
         FrameTooLargeError: a frame exceeded the decoder's limit.
         MLLPFramingError: the stream ended inside a frame (truncated message).
-        asyncio.TimeoutError: the idle or frame timeout passed.
+        asyncio.TimeoutError: the idle or frame deadline passed (``decoder.in_frame`` says which).
     """
     loop = asyncio.get_running_loop()
+    idle_deadline = None if idle_timeout_s is None else loop.time() + idle_timeout_s
     frame_deadline: float | None = None
     while not pending:
-        if decoder.pending_bytes and frame_timeout_s is not None:
-            frame_deadline = frame_deadline or loop.time() + frame_timeout_s
-            timeout: float | None = max(0.0, frame_deadline - loop.time())
-        else:
-            frame_deadline = None
-            timeout = idle_timeout_s
+        if decoder.in_frame and frame_timeout_s is not None and frame_deadline is None:
+            frame_deadline = loop.time() + frame_timeout_s
+        deadline = frame_deadline if frame_deadline is not None else idle_deadline
+        timeout = None if deadline is None else max(0.0, deadline - loop.time())
         data = await asyncio.wait_for(reader.read(_READ_CHUNK), timeout)
         if not data:
             if decoder.pending_bytes:

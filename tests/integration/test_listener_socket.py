@@ -105,7 +105,7 @@ def test_msh18_latin1_message_is_decoded_and_answered_in_kind(tmp_path):
 
 def test_idle_and_frame_timeouts_close_the_connection(tmp_path):
     async def main():
-        listener, _, port = await _listener(tmp_path, idle_timeout_s=0.3, message_timeout_s=0.3)
+        listener, _, port = await _listener(tmp_path, idle_timeout_s=0.3, frame_deadline_s=0.3)
         try:
             r1, w1 = await asyncio.open_connection("127.0.0.1", port)
             idle = await asyncio.wait_for(r1.read(), 5)  # EOF: closed by the listener
