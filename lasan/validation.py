@@ -70,13 +70,20 @@ def validate_record(record: ECGRecord) -> None:
         raise BadWaveformError("the waveform has no samples; send a recorded ECG")
     if not np.isfinite(record.signal).all():
         raise BadWaveformError("the waveform contains values that are not finite numbers (NaN/inf); check the device export")
-    check_input(record.signal, record.fs, record.leads)
     if all(lead in record.leads for lead in STANDARD_LEADS):
+        check_input(record.signal, record.fs, record.leads)
         return
-    available = record.with_derived_leads().leads
-    missing = [lead for lead in MODEL_LEADS if lead not in available]
+    with np.errstate(over="ignore", invalid="ignore"):  # a derived lead that overflows is refused below
+        check_input(record.signal, record.fs, record.leads)
+        derived = record.with_derived_leads()
+    missing = [lead for lead in MODEL_LEADS if lead not in derived.leads]
     if missing:
         raise MissingLeadsError(missing, record.leads)
+    # The client sends derived limb leads (I = II - III, ...) as float32: a difference that
+    # overflows float32 would reach the model as inf, which it refuses after the AA.
+    if not np.isfinite(derived.signal).all():
+        raise BadWaveformError("a limb lead derived from the others (I = II - III, II = I + III) is out of range; "
+                               "check the device export's amplitude scale")
 
 
 def check_header(header: MessageHeader) -> None:

@@ -1,0 +1,224 @@
+"""No AA without a result (issue 12).
+
+1. What the served model would refuse is refused at intake, on every entry point (real MLLP
+   socket, real DICOM association, the watch folder), with its reason, and nothing is stored.
+2. A control ID (MSH-10 / SOP Instance UID) re-used for different content gets AE 205 / DICOM
+   0x0111 / rejected/, saying so; a genuine re-send still gets the original ACK.
+3. An item that fails for good after AA still produces a result the sender's system sees: a
+   "not scored" ORU^R01 (OBR-25 = X, OBX-11 = X with the reason), delivered exactly once
+   (the end-to-end case runs a real Triton whose model refuses what the intake took).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import io
+import re
+
+import numpy as np
+import pytest
+from feedkit import oru, small_ecg
+
+from lasan.client.request import wire_ecg
+from lasan.errors import LasanError
+from lasan.formats.dicom import dicom_bytes
+from lasan.hl7.ack import parse_ack
+from lasan.integration.config import DicomConfig, ListenerConfig, WatchConfig
+from lasan.integration.dicom_receiver import DicomReceiver
+from lasan.integration.intake import Intake
+from lasan.integration.listener import MLLPListener
+from lasan.integration.metrics import Health, Metrics
+from lasan.integration.mllp import MLLPClient
+from lasan.integration.queue import DurableQueue
+from lasan.integration.watch import PROCESSED, REJECTED, WatchFolder
+from lasan.preprocessing import preprocess_array
+from lasan.validation import Reading
+
+LIMB_FROM_III = ("II", "III", "V1", "V2", "V3", "V4", "V5", "V6")  # lead I is derived: I = II - III
+
+
+def _obx5(message: bytes, code: str, value: str) -> bytes:
+    """``message`` with OBX-5 of the OBX whose OBX-3 contains ``code`` replaced by ``value``."""
+    segments = message.decode().split("\r")
+    i = next(k for k, s in enumerate(segments) if s.startswith("OBX|") and code in s.split("|")[3])
+    fields = segments[i].split("|")
+    fields[5] = value
+    segments[i] = "|".join(fields)
+    return "\r".join(segments).encode()
+
+
+def _first_sample(message: bytes, code: str, value: str) -> bytes:
+    segments = message.decode().split("\r")
+    obx = next(s for s in segments if s.startswith("OBX|") and code in s.split("|")[3])
+    samples = obx.split("|")[5].split("^")
+    return _obx5(message, code, "^".join([value, *samples[1:]]))
+
+
+def _refused_corpus() -> dict[str, bytes]:
+    """name -> bytes the served model would refuse (each with its own control ID)."""
+    short = small_ecg(seed=21)
+    short = dataclasses.replace(short, signal=np.ascontiguousarray(short.signal[:, : int(short.fs * 1.5)]))
+    two_limbs = oru(small_ecg(seed=22, leads=LIMB_FROM_III), "OVERFLOW")
+    # 3e41 uV = 3e38 mV in II and -3e38 mV in III: each fits float32, I = II - III does not.
+    overflow = _first_sample(_first_sample(two_limbs, "MDC_ECG_LEAD_II^", "300000000000000000000000000000000000000000"),
+                             "MDC_ECG_LEAD_III", "-300000000000000000000000000000000000000000")
+    dicom_short = small_ecg(seed=25, fs=500.0)
+    return {
+        "rate_1e-300.hl7": _obx5(oru(small_ecg(seed=20), "RATE0"), "MDC_ATTR_SAMP_RATE", "1e-300"),
+        "rate_50.hl7": _obx5(oru(small_ecg(seed=20), "RATE50"), "MDC_ATTR_SAMP_RATE", "50"),
+        "rate_1e6.hl7": _obx5(oru(small_ecg(seed=20), "RATE1E6"), "MDC_ATTR_SAMP_RATE", "1000000"),
+        "short_1.5s.hl7": oru(short, "SHORT"),
+        "nan_samples.hl7": _first_sample(oru(small_ecg(seed=23), "NANS"), "MDC_ECG_LEAD_V2", ""),
+        "huge_sample.hl7": _first_sample(oru(small_ecg(seed=23), "HUGE"), "MDC_ECG_LEAD_V3", "1e300"),
+        "zero_length_lead.hl7": _obx5(oru(small_ecg(seed=24), "ZEROLEN"), "MDC_ECG_LEAD_V4", ""),
+        "derived_overflow.hl7": overflow,
+        "rate_1e-300.dcm": dicom_bytes(dataclasses.replace(small_ecg(seed=26), fs=1e-300)),
+        "rate_1e6.dcm": dicom_bytes(dataclasses.replace(small_ecg(seed=26), fs=1e6)),
+        "short_1.5s.dcm": dicom_bytes(dataclasses.replace(
+            dicom_short, signal=np.ascontiguousarray(dicom_short.signal[:, :750]))),
+        "zero_samples.dcm": dicom_bytes(dataclasses.replace(dicom_short, signal=dicom_short.signal[:, :0])),
+    }
+
+
+def _served_model_refuses(name: str, data: bytes) -> bool:
+    """True when the reader refuses the bytes, or the served preprocess code refuses what the
+    client would send for them (the request built by :func:`lasan.client.request.wire_ecg`)."""
+    try:
+        with np.errstate(all="ignore"):
+            record = Reading.start(data, suffix=name[name.rfind("."):]).read().record
+            wire = wire_ecg(record)
+            preprocess_array(wire.ecg_mv[0], float(wire.sampling_rate_hz[0, 0]))
+    except LasanError:
+        return True
+    return False
+
+
+def _send_mllp(tmp_path, items: dict[str, bytes], queue: DurableQueue | None = None) -> dict[str, tuple[str, str]]:
+    """name -> (MSA-1, MSA-3 / ERR text) over a real loopback socket."""
+    intake = Intake(queue or DurableQueue(tmp_path / "mllp.sqlite"), Metrics(), Health())
+
+    async def main() -> dict[str, tuple[str, str]]:
+        listener = MLLPListener(ListenerConfig(port=0), intake)
+        port = await listener.start()
+        out = {}
+        try:
+            for name, data in items.items():
+                async with MLLPClient("127.0.0.1", port, timeout_s=30) as client:
+                    reply = await client.send(data)
+                ack = parse_ack(reply)
+                out[name] = (ack.code, ack.text or "", reply)
+        finally:
+            await listener.stop()
+        return out
+
+    return asyncio.run(asyncio.wait_for(main(), 120))
+
+
+def _store_dicom(tmp_path, items: dict[str, bytes], queue: DurableQueue | None = None) -> dict[str, tuple[int, str]]:
+    """name -> (C-STORE status, Error Comment) over a real association."""
+    import pydicom
+    from pynetdicom import AE
+    from pynetdicom.sop_class import GeneralECGWaveformStorage, TwelveLeadECGWaveformStorage
+
+    receiver = DicomReceiver(DicomConfig(enabled=True, port=0, min_free_disk_mb=0),
+                             Intake(queue or DurableQueue(tmp_path / "dicom.sqlite"), Metrics(), Health()),
+                             disk_path=tmp_path)
+    port = receiver.start()
+    out = {}
+    try:
+        for name, data in items.items():
+            ae = AE(ae_title="ECGCART")
+            ae.add_requested_context(TwelveLeadECGWaveformStorage)
+            ae.add_requested_context(GeneralECGWaveformStorage)
+            assoc = ae.associate("127.0.0.1", port, ae_title="LASAN")
+            assert assoc.is_established
+            response = assoc.send_c_store(pydicom.dcmread(io.BytesIO(data)))
+            assoc.release()
+            out[name] = (int(response.Status), str(response.get("ErrorComment", "")))
+    finally:
+        receiver.stop()
+    return out
+
+
+def _watch(tmp_path, items: dict[str, bytes], queue: DurableQueue | None = None) -> dict[str, str | None]:
+    """name -> None when processed, else the reason written beside it in rejected/."""
+    folder = tmp_path / "watch"
+    folder.mkdir(exist_ok=True)
+    watch = WatchFolder(WatchConfig(enabled=True, folder=folder, stable_s=0),
+                        Intake(queue or DurableQueue(tmp_path / "watch.sqlite"), Metrics(), Health()))
+    watch.prepare()
+    for name, data in items.items():
+        (folder / name).write_bytes(data)
+    watch.scan_once()
+    out: dict[str, str | None] = {}
+    for name in items:
+        reason = folder / REJECTED / f"{name}.reason.txt"
+        out[name] = reason.read_text(encoding="utf-8").strip() if reason.exists() else None
+        if out[name] is None:
+            assert (folder / PROCESSED / name).exists(), name
+    return out
+
+
+@pytest.fixture(scope="module")
+def refused_corpus() -> dict[str, bytes]:
+    return _refused_corpus()
+
+
+def test_every_input_in_the_corpus_is_one_the_served_model_refuses(refused_corpus):
+    # Otherwise this file would test nothing: each input must really be refused downstream.
+    assert all(_served_model_refuses(name, data) for name, data in refused_corpus.items())
+    assert not _served_model_refuses("good.hl7", oru(small_ecg(seed=27), "GOOD"))
+
+
+def test_what_the_model_refuses_gets_ae_on_a_real_mllp_socket_and_is_not_stored(tmp_path, refused_corpus):
+    hl7 = {n: d for n, d in refused_corpus.items() if n.endswith(".hl7")}
+    queue = DurableQueue(tmp_path / "q.sqlite")
+    answers = _send_mllp(tmp_path, {**hl7, "good.hl7": oru(small_ecg(seed=27), "GOOD")}, queue)
+    assert answers.pop("good.hl7")[0] == "AA"
+    for name, (code, text, _) in answers.items():
+        assert code == "AE" and text and "internal error" not in text, (name, code, text)
+    assert "sampling rate 1e-300 Hz" in answers["rate_1e-300.hl7"][1]
+    assert "at least 2 s" in answers["short_1.5s.hl7"][1]
+    assert "no samples" in answers["zero_length_lead.hl7"][1]
+    assert re.search("derived|not finite", answers["derived_overflow.hl7"][1])
+    assert queue.counts()["received"] == 1  # only the good one
+
+
+def test_what_the_model_refuses_gets_a_failure_status_on_a_real_dicom_association(tmp_path, refused_corpus):
+    dicom = {n: d for n, d in refused_corpus.items() if n.endswith(".dcm")}
+    queue = DurableQueue(tmp_path / "q.sqlite")
+    answers = _store_dicom(tmp_path, dicom, queue)
+    for name, (status, comment) in answers.items():
+        assert status != 0 and comment, (name, hex(status), comment)
+    assert "1e-300" in answers["rate_1e-300.dcm"][1]
+    assert queue.counts()["received"] == 0
+
+
+def test_what_the_model_refuses_goes_to_rejected_with_its_reason_from_the_watch_folder(tmp_path, refused_corpus):
+    queue = DurableQueue(tmp_path / "q.sqlite")
+    reasons = _watch(tmp_path, refused_corpus, queue)
+    for name, reason in reasons.items():
+        assert reason and "internal error" not in reason, (name, reason)
+    assert "1e-300" in reasons["rate_1e-300.hl7"] and "1e-300" in reasons["rate_1e-300.dcm"]
+    assert queue.counts()["received"] == 0
+
+
+def _msh(message: bytes, index: int, value: str) -> bytes:
+    text = message.decode()
+    first, rest = text.split("\r", 1)
+    fields = first.split("|")
+    fields[index] = value
+    return ("|".join(fields) + "\r" + rest).encode()
+
+
+
+def test_a_derived_limb_lead_that_overflows_float32_is_refused_by_validate_record():
+    from lasan.errors import BadWaveformError
+    from lasan.validation import validate_record
+
+    record = small_ecg(seed=28, leads=LIMB_FROM_III)  # a reader that leaves lead I to the client
+    signal = record.signal.copy()
+    signal[0, 10], signal[1, 10] = 3e38, -3e38  # II and III fit float32; I = II - III does not
+    with pytest.raises(BadWaveformError, match="derived"):
+        validate_record(dataclasses.replace(record, signal=signal))
