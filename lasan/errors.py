@@ -26,6 +26,7 @@ clinical IT engineer: what was wrong with the input, and what to do about it.
     └── IntegrationError          hospital-protocol failures (HL7/MLLP, DICOM network, queue)
         ├── MLLPFramingError          bytes on the wire are not a valid MLLP frame
         ├── HL7MessageError           the HL7 message is malformed or not an ECG result
+        ├── ControlIDConflictError    a control ID / SOP Instance UID re-used for different content
         └── QueueStorageError         the durable queue could not store or update an item
 
 How each error is answered (the one table, read by :func:`protocol_answer`): every class
@@ -66,6 +67,7 @@ __all__ = [
     "IntegrationError",
     "MLLPFramingError",
     "HL7MessageError",
+    "ControlIDConflictError",
     "QueueStorageError",
 ]
 
@@ -74,6 +76,7 @@ __all__ = [
 _A700_OUT_OF_RESOURCES = 0xA700
 _A900_DATASET_MISMATCH = 0xA900
 _C000_CANNOT_UNDERSTAND = 0xC000
+_0111_DUPLICATE_SOP_INSTANCE = 0x0111  # PS3.7 C.4 general failure status
 _C211_PROCESSING_FAILURE = 0xC211
 
 
@@ -196,6 +199,14 @@ class MLLPFramingError(IntegrationError):
 
 class HL7MessageError(IntegrationError):
     """An HL7 v2 exchange went wrong outside an ECG message (a reply that is not an ACK)."""
+
+
+class ControlIDConflictError(IntegrationError):
+    """A sender re-used a control ID (MSH-10, SOP Instance UID) for a different message: nothing
+    was stored, the earlier message keeps the ID (AE 205 duplicate key, DICOM 0111 duplicate SOP instance)."""
+
+    hl7_error_code = "205"  # HL7 table 0357: duplicate key identifier
+    dicom_status = _0111_DUPLICATE_SOP_INSTANCE
 
 
 class QueueStorageError(IntegrationError):
