@@ -31,6 +31,8 @@ __all__ = [
     "RetryConfig",
     "MetricsConfig",
     "LoggingConfig",
+    "PacsConfig",
+    "FhirConfig",
     "AppConfig",
     "load_config",
     "config_from_dict",
@@ -157,6 +159,27 @@ class LoggingConfig:
 class AppConfig:
     listener: ListenerConfig = field(default_factory=ListenerConfig)
     dicom: DicomConfig = field(default_factory=DicomConfig)
+@dataclass(frozen=True)
+class PacsConfig:
+    """Results to PACS: the SR and encapsulated PDF of every scored ECG, by C-STORE (docs/integration.md)."""
+
+    host: str
+    port: int
+    called_ae: str = "PACS"  # the PACS's AE title
+    calling_ae: str = "LASAN"  # ours
+    timeout_s: float = 30.0  # connection, association and each C-STORE answer
+    tls: TLSConfig | None = None  # DICOM TLS (PS3.15 B.1): ca_file, optional client cert/key
+
+
+@dataclass(frozen=True)
+class FhirConfig:
+    """Results as FHIR R4 DiagnosticReport bundles: always to the outbox, POSTed when base_url is set."""
+
+    enabled: bool = True
+    base_url: str | None = None  # e.g. https://fhir.example.org/r4 ; the transaction Bundle is POSTed here
+    timeout_s: float = 30.0
+
+
     watch: WatchConfig = field(default_factory=WatchConfig)
     triton: TritonConfig = field(default_factory=TritonConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
@@ -169,6 +192,8 @@ class AppConfig:
 
 class _Section:
     """Reads one mapping, remembering its dotted path for error messages."""
+    pacs: PacsConfig | None = None  # no section: no PACS delivery
+    fhir: FhirConfig | None = None  # no section: no FHIR output
 
     def __init__(self, data: Any, path: str, base: Path) -> None:
         if data is None:
@@ -280,6 +305,33 @@ def config_from_dict(data: Any, base_dir: str | Path = ".") -> AppConfig:
     """Validate a parsed YAML mapping into :class:`AppConfig`.
 
     Raises:
+def _pacs(top: _Section) -> PacsConfig | None:
+    if not top.has("pacs"):
+        top.used.add("pacs")
+        return None
+    s = top.section("pacs")
+    if not s.has("host") or not s.has("port"):
+        raise ConfigError("pacs: needs host and port (or remove the section to send no results to PACS)")
+    pacs = PacsConfig(host=s.text("host", ""), port=s.port("port", 0), called_ae=_ae_title(s, "called_ae", "PACS"),
+                      calling_ae=_ae_title(s, "calling_ae", "LASAN"), timeout_s=s.number("timeout_s", 30.0, 0.1),
+                      tls=_tls(s, "tls", server=False))
+    s.done()
+    return pacs
+
+
+def _fhir(top: _Section) -> FhirConfig | None:
+    if not top.has("fhir"):
+        top.used.add("fhir")
+        return None
+    s = top.section("fhir")
+    base_url = s.text("base_url", "") or None
+    if base_url is not None and not base_url.startswith(("http://", "https://")):
+        raise ConfigError(f"fhir.base_url: must be an http:// or https:// URL of the FHIR server's base, got {base_url!r}")
+    fhir = FhirConfig(enabled=s.flag("enabled", True), base_url=base_url, timeout_s=s.number("timeout_s", 30.0, 0.1))
+    s.done()
+    return fhir if fhir.enabled else None
+
+
         ConfigError: naming the first invalid or unknown key.
     """
     base = Path(base_dir)
@@ -386,6 +438,7 @@ def config_from_dict(data: Any, base_dir: str | Path = ".") -> AppConfig:
     s = top.section("storage")
     std = StorageConfig()
     storage = StorageConfig(
+    pacs, fhir = _pacs(top), _fhir(top)
         queue_db=s.path_("queue_db", std.queue_db) or std.queue_db, outbox=s.path_("outbox", std.outbox) or std.outbox
     )
     s.done()
@@ -420,7 +473,8 @@ def config_from_dict(data: Any, base_dir: str | Path = ".") -> AppConfig:
 
     if not (listener.enabled or dicom.enabled or watch.enabled):
         raise ConfigError("listener.enabled, dicom.enabled, watch.enabled: at least one intake must be enabled")
-    return AppConfig(listener, dicom, watch, triton, scoring, downstream, storage, retry, metrics, logging_)
+    return AppConfig(listener, dicom, watch, triton, scoring, downstream, storage, retry, metrics, logging_,
+                     pacs=pacs, fhir=fhir)
 
 
 def load_config(path: str | Path) -> AppConfig:

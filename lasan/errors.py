@@ -27,7 +27,8 @@ clinical IT engineer: what was wrong with the input, and what to do about it.
         ├── MLLPFramingError          bytes on the wire are not a valid MLLP frame
         ├── HL7MessageError           the HL7 message is malformed or not an ECG result
         ├── ControlIDConflictError    a control ID / SOP Instance UID re-used for different content
-        └── QueueStorageError         the durable queue could not store or update an item
+        ├── QueueStorageError         the durable queue could not store or update an item
+        └── DeliveryError             a result could not be delivered to PACS / a FHIR server (retried)
 
 How each error is answered (the one table, read by :func:`protocol_answer`): every class
 carries ``hl7_ack`` (MSA-1: AE = fix and resend, AR = never resend this message),
@@ -71,6 +72,7 @@ __all__ = [
     "QueueStorageError",
 ]
 
+    "DeliveryError",
 
 # DICOM C-STORE statuses (PS3.4 GG.4-1, pynetdicom's names).
 _A700_OUT_OF_RESOURCES = 0xA700
@@ -221,6 +223,10 @@ class ProtocolAnswer:
 
     hl7_ack: str  # MSA-1: "AE" or "AR"
     hl7_error_code: str  # ERR-3: HL7 table 0357
+class DeliveryError(IntegrationError):
+    """A result could not reach PACS or a FHIR server (down, refused): it stays queued and is retried."""
+
+
     dicom_status: int  # C-STORE status
 
 

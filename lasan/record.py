@@ -30,6 +30,10 @@ class Acquisition:
     filter_low_hz: float | None = None
     filter_high_hz: float | None = None
     notes: tuple[str, ...] = ()
+    # DICOM inputs: the source object's UIDs, so results (SR, encapsulated PDF) can reference it.
+    study_uid: str | None = None
+    series_uid: str | None = None
+    sop_instance_uid: str | None = None
 
 
 @dataclass(frozen=True)

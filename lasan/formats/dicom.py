@@ -159,6 +159,9 @@ def _dataset_to_record(ds, *, what: str) -> ECGRecord:
         filter_low_hz=_float_or_none(channel0.get("FilterLowFrequency")),
         filter_high_hz=_float_or_none(channel0.get("FilterHighFrequency")),
         notes=tuple(notes),
+        study_uid=_text(ds.get("StudyInstanceUID")),
+        series_uid=_text(ds.get("SeriesInstanceUID")),
+        sop_instance_uid=_text(ds.get("SOPInstanceUID")),
     )
     patient = PatientIdentity(
         patient_id=_text(ds.get("PatientID")),
@@ -416,7 +419,9 @@ def record_to_dataset(record: ECGRecord, *, sop_class: str | None = None, uid_ke
         channels.append(channel)
 
     group = Dataset()
-    group.MultiplexGroupTimeOffset = "0"
+    # No MultiplexGroupTimeOffset: PS3.3 C.10.9 makes it Type 1C, required only when
+    # AcquisitionDateTime is absent and not allowed otherwise (dciodvfy flags it); we always
+    # write AcquisitionDateTime, which is the group's time reference.
     group.WaveformOriginality = "ORIGINAL"
     group.NumberOfWaveformChannels = len(record.leads)
     group.NumberOfWaveformSamples = record.n_samples
