@@ -54,6 +54,12 @@ _SCP_VERSIONS = (1.0, 3.0)
 # Root element local name -> format. Sniffed on the first few KB, before any parsing.
 _XML_ROOTS = {"restingecgdata": "philips-sierra", "RestingECG": "ge-muse", "AnnotatedECG": "hl7-aecg", "ECG": "mortara"}
 _ROOT_TAG = re.compile(r"<(?![?!])(?:[A-Za-z_][\w.-]*:)?([A-Za-z_][\w.-]*)")
+_ROOT_START = re.compile(r"<(?![?!])(?:([A-Za-z_][\w.-]*):)?[A-Za-z_][\w.-]*([^>]*)>")
+# HL7 aECG release 1 (PORT_MT020001) lives in the HL7 v3 namespace; an AnnotatedECG root in
+# another namespace is a draft or another schema, which the reader would misread silently.
+_AECG_NAMESPACE = "urn:hl7-org:v3"
+# MUSE exports the 10 s rhythm strip as WaveformType "Rhythm"; some sites export median beats only.
+_MUSE_RHYTHM = re.compile(r"<WaveformType>\s*Rhythm\s*</WaveformType>", re.IGNORECASE)
 _ENTITY_DECL = re.compile(r"<!(?:DOCTYPE|ENTITY)", re.IGNORECASE)
 
 
@@ -128,12 +134,14 @@ def read_vendor(source: str | os.PathLike[str] | bytes, fmt: str | None = None) 
         raise MalformedECGError(f"{what} is empty; the export or transfer may have failed")
     if sniffed != fmt:
         raise MalformedECGError(f"{what} does not start like a {name} file (truncated or corrupt header)")
-    text = _xml_text(data[:4096])
-    if text is not None and _ENTITY_DECL.search(_xml_text(data) or ""):
+    text = _xml_text(data) if _xml_text(data[:4096]) is not None else None
+    if text is not None and _ENTITY_DECL.search(text):
         raise MalformedECGError(
             f"{what} declares a DOCTYPE or XML entities, which LASAN refuses for safety (entity expansion); "
             "export the ECG without a DTD"
         )
+    if text is not None:
+        _check_variant(fmt, text, what)
     parsed, caught = _parse(data, fmt, what)
     version = str(getattr(parsed.file_format, "version", "") or "")
     if fmt == "scp-ecg" and version and not _SCP_VERSIONS[0] <= float(version) <= _SCP_VERSIONS[1]:
@@ -141,6 +149,32 @@ def read_vendor(source: str | os.PathLike[str] | bytes, fmt: str | None = None) 
             f"{what} declares SCP-ECG version {version}; LASAN reads versions 1.0 to 3.0 (EN 1064 / ISO 11073-91064)"
         )
     return _to_record(parsed, fmt, what, caught)
+
+
+def _root_namespace(text: str) -> str | None:
+    """The namespace URI of the document's root element, None when it declares none."""
+    match = _ROOT_START.search(_strip_prolog(text))
+    if match is None:
+        return None
+    prefix, attributes = match.group(1), match.group(2)
+    declared = re.search(rf"""\bxmlns{':' + re.escape(prefix) if prefix else ''}\s*=\s*["']([^"']*)["']""", attributes)
+    return declared.group(1) if declared else None
+
+
+def _check_variant(fmt: str, text: str, what: str) -> None:
+    """Refuse the XML variants whose schema differs from what the reader reads (the library does not check)."""
+    if fmt == "hl7-aecg" and (namespace := _root_namespace(text)) != _AECG_NAMESPACE:
+        raise UnsupportedFormatError(
+            f"{what} has its AnnotatedECG root in namespace {namespace or '(none)'!r}, not the HL7 v3 aECG "
+            f"namespace {_AECG_NAMESPACE!r}: a draft or another schema version LASAN cannot read; "
+            "export it as HL7 aECG release 1 (PORT_MT020001)"
+        )
+    # Only a complete document: a truncated one lost its rhythm to the cut, and the parser says so.
+    if fmt == "ge-muse" and re.search(r"</RestingECG>\s*$", text) and not _MUSE_RHYTHM.search(text):
+        raise UnsupportedFormatError(
+            f"{what} holds no rhythm waveform (a median-beat-only MUSE export); LASAN reads the 10 s rhythm "
+            "strip: export the resting ECG with its rhythm waveform"
+        )
 
 
 def _check_size(size: int, what: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import struct
 from pathlib import Path
 
@@ -276,6 +277,46 @@ def test_real_philips_sierra_1_03_export_equals_an_independent_decoder() -> None
     assert record.patient.patient_id and record.patient.patient_id not in repr(record)
 
 
+def _device_measurements(text: str) -> dict[str, dict[str, int]]:
+    """The cart's own per-lead QRS measurements (µV) from the export's <leadmeasurement> elements."""
+    out = {}
+    for match in re.finditer(r'<leadmeasurement leadname="(\w+)".*?</leadmeasurement>', text, re.DOTALL):
+        out[match.group(1)] = {tag: int(re.search(rf"<{tag}>(-?\d+)</{tag}>", match.group(0)).group(1))
+                               for tag in ("ramp", "qamp", "samp")}
+    return out
+
+
+@needs_philips
+def test_real_philips_export_agrees_with_the_carts_own_measurements() -> None:
+    """An oracle independent of every XLI decoder (ecgdatakit's codec follows sierraecg's): the
+    HeartStart MRx measured each lead's dominant QRS deflection and the rate when it recorded the
+    ECG; the waveform we read must show them. A wrong unit (2.5 or 10 µV/count), an inverted or
+    mis-decoded limb lead, or leads swapped with one of another amplitude (all but I/aVL, aVF/V2 and
+    V3/V4 differ by more) break this by far more than the 10 % allowed."""
+    from scipy.signal import find_peaks
+
+    text = PHILIPS.read_text(encoding="utf-8")
+    device = _device_measurements(text)
+    assert set(device) == set(STANDARD_LEADS)
+    record = read_ecg(PHILIPS)
+    fs = record.fs
+    uv = record.signal.astype(np.float64) * 1000.0  # (12, T)
+    slope = np.abs(np.diff(uv, axis=1)).sum(axis=0)
+    beats, _ = find_peaks(slope, height=0.5 * np.percentile(slope, 99), distance=int(0.4 * fs))
+    rate = 60.0 * fs / np.median(np.diff(beats))
+    assert rate == pytest.approx(float(re.search(r"<meanventrate>(\d+)<", text).group(1)), abs=2.0)
+    for k, lead in enumerate(record.leads):
+        m = device[lead]
+        negative = min(m["qamp"], m["samp"])
+        dominant = m["ramp"] if m["ramp"] >= -negative else negative  # signed, from the isoelectric line
+        ours = []
+        for beat in beats:
+            baseline = np.median(uv[k, beat - int(0.08 * fs):beat - int(0.05 * fs)])  # PR segment
+            qrs = uv[k, beat - int(0.03 * fs):beat + int(0.03 * fs)] - baseline
+            ours.append(qrs[np.argmax(np.abs(qrs))])
+        assert np.median(ours) / dominant == pytest.approx(1.0, abs=0.1), (lead, dominant, np.median(ours))
+
+
 @needs_philips
 @pytest.mark.parametrize("variant", ["utf-16", "utf-16-le-no-bom", "1.04", "1.04.01"])
 def test_philips_utf16_and_later_versions_read_the_same(variant: str) -> None:
@@ -327,30 +368,83 @@ def test_truncated_or_corrupt_files_are_refused_with_a_typed_error_naming_file_a
     assert PATIENT_ID not in message
 
 
-@pytest.mark.parametrize("fmt, make", [
-    pytest.param("philips-sierra", lambda: PHILIPS.read_bytes().replace(b">1.03<", b">9.99<"), marks=needs_philips),
-    ("scp-ecg", lambda: scp_bytes(version=99)),
-])
-def test_unknown_versions_are_refused_as_unsupported(fmt: str, make, tmp_path: Path) -> None:
+def _median_only_muse() -> bytes:
+    text = ge_muse_bytes().decode("latin-1")
+    cut = text.index("<Waveform><WaveformType>Rhythm")
+    return (text[:cut] + text[text.index("</Waveform>", cut) + len("</Waveform>"):]).encode("latin-1")
+
+
+# One version or variant per format that its reader does not read, each refused by name.
+WRONG_VERSION = {
+    "philips-sierra": (lambda: PHILIPS.read_bytes().replace(b">1.03<", b">9.99<"), UnsupportedFormatError, "9.99"),
+    "scp-ecg": (lambda: scp_bytes(version=99), UnsupportedFormatError, "version 9.9"),
+    "ge-muse": (_median_only_muse, UnsupportedFormatError, "no rhythm waveform"),
+    "hl7-aecg": (lambda: aecg_bytes().replace(b'xmlns="urn:hl7-org:v3"', b'xmlns="urn:hl7-org:v2draft"'),
+                 UnsupportedFormatError, "namespace"),
+    "mortara": (lambda: mortara_bytes().replace(b'BITS="16"', b'BITS="8"'), UnsupportedFormatError, "BITS=8"),
+    "edf": (lambda: edf_bytes(version=b"1       "), MalformedECGError, "version"),
+}
+
+
+@pytest.mark.parametrize("fmt", VENDOR_PARAMS)
+def test_wrong_versions_and_variants_are_refused_naming_file_and_problem(fmt: str, tmp_path: Path) -> None:
+    make, error, problem = WRONG_VERSION[fmt]
     path = tmp_path / f"v{SUFFIX[fmt]}"
     path.write_bytes(make())
-    with pytest.raises(UnsupportedFormatError, match="version") as info:
+    with pytest.raises(ECGFormatError) as info:
+        read_ecg(path)
+    assert type(info.value) is error, info.value
+    assert str(path) in str(info.value) and problem in str(info.value), info.value
+
+
+# The classic billion-laughs bomb (10 levels: 10**9 'lol's), an external entity reading a local
+# file, and an external DTD fetched over the network.
+_LAUGHS = "".join(f'<!ENTITY l{k} "{f"&l{k - 1};" * 10}">' for k in range(1, 10))
+BOMBS = {
+    "billion-laughs": (f'<!DOCTYPE r [<!ENTITY l0 "lol">{_LAUGHS}]>', "&l9;"),
+    "external-entity": ('<!DOCTYPE r [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>', "&xxe;"),
+    "external-dtd": ('<!DOCTYPE r SYSTEM "http://127.0.0.1:9/evil.dtd">', ""),
+}
+XML_FORMATS = ["ge-muse", pytest.param("philips-sierra", marks=needs_philips), "hl7-aecg", "mortara"]
+
+
+def _with_doctype(data: bytes, bomb: str, encoding: str) -> bytes:
+    latin = b'encoding="ISO-8859-1"' in data[:60]
+    text = data.decode("latin-1" if latin else "utf-8")
+    doctype, use = BOMBS[bomb]
+    end = text.index("?>") + 2
+    # The entity is used in the first element text, so a parser that expanded it would.
+    first_close = text.index("</", end)
+    text = text[:end] + doctype + text[end:first_close] + use + text[first_close:]
+    if encoding == "utf-16":
+        for declared in ('encoding="UTF-8"', 'encoding="utf-8"', 'encoding="ISO-8859-1"'):
+            text = text.replace(declared, 'encoding="UTF-16"', 1)
+        return text.encode("utf-16")
+    return text.encode("latin-1" if latin else "utf-8")
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("fmt", XML_FORMATS)
+@pytest.mark.parametrize("bomb", sorted(BOMBS))
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-16"])
+def test_xml_with_entities_or_a_dtd_is_refused_before_parsing(fmt: str, bomb: str, encoding: str, tmp_path: Path) -> None:
+    path = tmp_path / f"bomb{SUFFIX[fmt]}"
+    path.write_bytes(_with_doctype(_source(fmt), bomb, encoding))
+    assert detect_format(path) == fmt  # recognised as the export it pretends to be, then refused
+    with pytest.raises(MalformedECGError, match="entit") as info:
         read_ecg(path)
     assert str(path) in str(info.value)
 
 
-def test_edf_with_a_wrong_version_field_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "v.edf"
-    path.write_bytes(edf_bytes(version=b"1       "))
-    with pytest.raises(ECGFormatError, match=str(path)):
-        read_ecg(path)
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("fmt", ["ge-muse", "hl7-aecg", "mortara"])
+@pytest.mark.parametrize("bomb", ["billion-laughs", "external-entity"])
+def test_the_library_parser_refuses_entities_too(fmt: str, bomb: str) -> None:
+    """Defence in depth: past our DOCTYPE check, ecgdatakit's defusedxml parsing refuses them as well."""
+    from lasan.formats.vendor import _parse
 
-
-def test_xml_with_entity_declarations_is_refused_before_parsing() -> None:
-    bomb = (b'<?xml version="1.0"?><!DOCTYPE RestingECG [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;">]>'
-            b"<RestingECG><MuseInfo>&b;</MuseInfo></RestingECG>")
-    with pytest.raises(MalformedECGError, match="entit"):
-        read_ecg(bomb)
+    with pytest.raises(MalformedECGError, match="EntitiesForbidden"):
+        _parse(_with_doctype(BUILDERS[fmt](), bomb, "utf-8"), fmt, "the test file")
 
 
 def test_oversized_export_is_refused_before_parsing(monkeypatch: pytest.MonkeyPatch) -> None:
