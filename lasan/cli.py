@@ -19,7 +19,7 @@ __all__ = ["main", "COMMANDS"]
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "inspect": ("lasan.formats.cli", "read ECG files (DICOM, HL7, WFDB) and report leads, rate, quality"),
+    "inspect": ("lasan.formats.cli", "read ECG files (DICOM, HL7, WFDB, ECG-system exports, FHIR) and report leads, rate, quality"),
     "synth": ("lasan.train.synth_cli", "write a synthetic ARVC / LQTS / control cohort with a manifest"),
     "train": ("lasan.train.cli", "train a LASAN or hybrid model from a YAML config"),
     "evaluate": ("lasan.train.evaluate_cli", "evaluate a checkpoint: AUROC with CIs, lead masking, baselines"),

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lasan.errors import ConfigError
+from lasan.formats import FORMATS
 from lasan.labels import CLASSES
 
 __all__ = ["ManifestRow", "REQUIRED_COLUMNS", "KNOWN_COLUMNS", "HOLDOUT_EXTERNAL", "read_manifest", "write_manifest"]
@@ -30,7 +31,9 @@ REQUIRED_COLUMNS: tuple[str, ...] = ("patient_id", "path", "label")
 KNOWN_COLUMNS: tuple[str, ...] = ("patient_id", "ecg_id", "path", "format", "label", "site", "sex", "age", "holdout")
 HOLDOUT_EXTERNAL = "external"
 _HOLDOUT = {"": None, "none": None, "no": None, "false": None, "external": HOLDOUT_EXTERNAL}
-_FORMATS = ("wfdb", "dicom", "hl7", "hl7-na", "hl7-ed")
+# The optional format column names any format read_ecg reads (the vendor exports and FHIR too);
+# the file's content still decides how it is read.
+_FORMATS = (*FORMATS, "hl7-na", "hl7-ed")
 _SEX = {"m": "M", "male": "M", "f": "F", "female": "F"}
 _LABELS = {c.lower(): c for c in CLASSES}
 

@@ -23,8 +23,9 @@ Accepted (see docs/formats.md for the full list):
   belongs to that lead.
 * ED: OBX-2 = ED, OBX-5 = ``source^type^subtype^encoding^data`` with a DICOM subtype
   and Base64 (or Hex) encoding; HL7 escapes are undone before decoding. A payload of another
-  subtype (not a PDF/image/text report) is read when its content is an ECG-system export
-  (:mod:`lasan.formats.vendor`: GE MUSE XML, Philips Sierra XML, aECG, SCP-ECG, Mortara, EDF).
+  subtype (not a PDF/image/text report) is recognised by :func:`lasan.formats.detect_format`,
+  as a file would be, and read when it is DICOM, an ECG-system export (GE MUSE XML, Philips
+  Sierra XML, aECG, SCP-ECG, Mortara, EDF) or a FHIR ECG Observation.
 
 The writer (:func:`build_oru`) has two styles: ``"na"`` (IHE PCD-style: one NM OBX
 ``67981^MDC_ATTR_SAMP_RATE^MDC``, then one NA OBX per lead, integer microvolts by
@@ -472,8 +473,9 @@ def _rate_for(sub_id: str, rates: list[tuple[str, float, int]], lead: str, numbe
 
 
 def _ed_record(ed_fields: list[tuple[list[str], int]], delims: Delimiters) -> ECGRecord:
-    from lasan.formats.dicom import read_dicom, with_source
-    from lasan.formats.vendor import FORMAT_NAMES, read_vendor, sniff_vendor
+    from lasan.formats import read_ecg
+    from lasan.formats.dicom import with_source
+    from lasan.formats.vendor import FORMAT_NAMES
 
     for fields, number in ed_fields:
         value = fields[5] if len(fields) > 5 else ""
@@ -503,14 +505,15 @@ def _ed_record(ed_fields: list[tuple[list[str], int]], delims: Delimiters) -> EC
             raise HL7MalformedError(
                 f"OBX segment {number}: the ED payload is not valid {parts[3]} ({exc}); it may be truncated"
             ) from exc
-        # An ECG-system export (GE MUSE XML, SCP-ECG, ...) is recognised by its content, whatever
-        # subtype the sender gave it (XML, Octet-stream, SCP ...).
-        vendor = None if is_dicom else sniff_vendor(payload[:4096])
-        if not is_dicom and vendor is None:
+        # Any other subtype (XML, Octet-stream, SCP, JSON ...) is recognised by its content through
+        # the same detection as a file (lasan.formats.detect_format): DICOM, an ECG-system export
+        # (GE MUSE XML, SCP-ECG, ...) or a FHIR ECG Observation.
+        fmt = "dicom" if is_dicom else _ed_format(payload)
+        if fmt is None:
             continue
-        what = FORMAT_NAMES[vendor] if vendor else "DICOM"
+        what = FORMAT_NAMES.get(fmt, {"fhir": "FHIR"}.get(fmt, "DICOM"))
         try:
-            record = read_vendor(payload, vendor) if vendor else read_dicom(payload)
+            record = read_ecg(payload, fmt=fmt)
         except ECGFormatError as exc:
             # The DICOM reader's error, restated as the HL7 message's error of the same kind.
             wrapped: type[ECGFormatError] | None = next(
@@ -522,8 +525,20 @@ def _ed_record(ed_fields: list[tuple[list[str], int]], delims: Delimiters) -> EC
     raise HL7UnsupportedError(
         "the ORU message has ED observations but none is a DICOM ECG or an ECG-system export "
         "(expected OBX-5 = ^application^DICOM^Base64^<data>, or a GE MUSE / Philips / aECG / Mortara XML, "
-        "SCP-ECG or EDF file in Base64)"
+        "SCP-ECG, EDF or FHIR ECG Observation in Base64)"
     )
+
+
+def _ed_format(payload: bytes) -> str | None:
+    """The ECG format of an ED attachment by content, or None for an attachment of another kind."""
+    from lasan.formats import VENDOR_FORMATS, detect_format
+
+    try:
+        fmt = detect_format(payload)
+    except ECGFormatError:
+        return None  # empty, or no ECG format: a document, an image, ...
+    # HL7 inside HL7, or a WFDB header, is no ECG attachment.
+    return fmt if fmt in ("dicom", "fhir", *VENDOR_FORMATS) else None
 
 
 # ----------------------------------------------------------------------- the writer
