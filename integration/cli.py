@@ -40,9 +40,10 @@ class IntegrationApp:
 
     def __init__(self, config: AppConfig, *, scorer_factory: ScorerFactory | None = None) -> None:
         self.config = config
-        self.metrics = Metrics()
+        self.metrics = Metrics(config.metrics.node)
         self.health = Health()
         self.queue = DurableQueue(config.storage.queue_db)
+        self.metrics.watch_queue(self.queue)
         self._scorer_factory = scorer_factory
         self.ports: dict[str, int] = {}
         self._tasks: list[asyncio.Task] = []

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,11 +23,29 @@ __all__ = ["Metrics", "Health", "MetricsServer"]
 
 
 class Metrics:
-    """The listener's counters, gauges and histograms, on a private registry."""
+    """The listener's counters, gauges and histograms, on a private registry.
 
-    def __init__(self) -> None:
+    ``node`` names this listener (``metrics.node``, default the hostname): with several
+    listeners on one shared queue, ``lasan_node_*`` say which node did what, while the queue
+    gauges describe the whole shared queue (every node reports the same numbers).
+    """
+
+    def __init__(self, node: str = "") -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        self.node = node or socket.gethostname()
+        Gauge("lasan_node_info", "1 for this listener node (join other series on the node label)", ["node"],
+              registry=r).labels(self.node).set(1)
+        self.node_scored = Counter("lasan_node_scored", "Results built by this node's worker, by node", ["node"],
+                                   registry=r).labels(self.node)
+        self.node_sent = Counter("lasan_node_sent", "Results this node's worker delivered, by node", ["node"],
+                                 registry=r).labels(self.node)
+        self.oldest_lease_age = Gauge(
+            "lasan_queue_oldest_lease_age_seconds",
+            "Age of the oldest live worker lease in the shared queue (0: none; NaN: queue unreadable)", registry=r)
+        self.triton_endpoint_up = Gauge("lasan_triton_endpoint_up",
+                                        "1 while a Triton server in triton.urls answers, 0 while it is skipped",
+                                        ["url"], registry=r)
         self.received = Counter("lasan_messages_received", "Messages received, by source", ["source"], registry=r)
         self.acks = Counter("lasan_acks", "Acknowledgements returned, by code (AA/AE/AR or DICOM status)",
                             ["code"], registry=r)
@@ -38,6 +58,21 @@ class Metrics:
         self.retries = Counter("lasan_retries", "Retries scheduled, by stage", ["stage"], registry=r)
         self.failures = Counter("lasan_failed_items", "Items that can never be scored", registry=r)
         self.triton_up = Gauge("lasan_triton_up", "1 when the last Triton call succeeded", registry=r)
+
+    def watch_queue(self, queue: object) -> None:
+        """Read the oldest lease age from ``queue`` at every scrape (a queue without leases reads 0)."""
+        age = getattr(queue, "oldest_lease_age_s", None)
+
+        def read() -> float:
+            if age is None:
+                return 0.0
+            try:
+                value = age()
+            except Exception:  # noqa: BLE001 - a scrape must answer while the database is down
+                return math.nan
+            return 0.0 if value is None else float(value)
+
+        self.oldest_lease_age.set_function(read)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

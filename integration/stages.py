@@ -110,11 +110,19 @@ class ScoringStage:
         self._parsed = parsed
 
     def _default_scorer(self) -> AsyncScorer:
-        from lasan.client.api import AsyncTritonScorer
+        from lasan.client.failover import FailoverTritonScorer
 
         t = self.config.triton
-        # Few in-client retries: the queue is the retry mechanism, with its own backoff.
-        return AsyncTritonScorer(t.url, t.model, timeout_s=t.timeout_s, retries=1, backoff_s=0.2, max_backoff_s=1.0)
+
+        def changed(url: str, up: bool, reason: str) -> None:
+            self.metrics.triton_endpoint_up.labels(url).set(1 if up else 0)
+            event("triton.endpoint_up" if up else "triton.endpoint_down", logging.INFO if up else logging.WARNING,
+                  log, triton=url, reason=reason)
+
+        # Health-checked failover over triton.urls; with one URL it is the plain client with few
+        # in-client retries: the queue is the retry mechanism, with its own backoff.
+        return FailoverTritonScorer(t.urls, t.model, timeout_s=t.timeout_s, balance=t.balance,
+                                    reprobe_s=t.reprobe_s, on_change=changed)
 
     def _load(self, item: QueueItem) -> Handoff:
         handed = self._parsed.take(item.id) if self._parsed is not None else None
@@ -165,6 +173,7 @@ class ScoringStage:
             pdf_report=pdf,
         )
         await asyncio.to_thread(self.queue.mark_scored, item.id, result, control_id)
+        self.metrics.node_scored.inc()
         event("worker.scored", logging.INFO, log, result_control_id=control_id, predicted=score.predicted_class,
               model_version=score.model_version, **ids)
 
@@ -241,6 +250,7 @@ class DeliveryStage:
                 return False
         await asyncio.to_thread(self.queue.mark_sent, item.id)
         self.metrics.results_sent.inc()
+        self.metrics.node_sent.inc()
         event("worker.sent", logging.INFO, log, attempts=item.attempts + 1, **ids)
         return True
 
