@@ -5,10 +5,14 @@
 
 1. detect the format and read the HL7 header once (:class:`lasan.validation.Reading`);
 2. the header rules (MSH-10 present, ORU^R01 only);
-3. an HL7 control ID already stored for this sender: the stored ACK, nothing else;
+3. an HL7 control ID already stored for this sender: the stored ACK, nothing else, when the
+   content digest matches; a :class:`~lasan.errors.ControlIDConflictError` (AE 205) when the
+   control ID was used for a different message (see :func:`hl7_digest`);
 4. decode, parse and validate once (the same steps ``lasan inspect`` runs);
-5. store the bytes durably with the idempotency key (and, for HL7, the AA to send), then
-   hand the parsed record and order context to the worker (:mod:`.handoff`) and wake it.
+5. store the bytes durably with the idempotency key and digest (and, for HL7, the AA to
+   send), then hand the parsed record and order context to the worker (:mod:`.handoff`) and
+   wake it. A DICOM SOP Instance UID stored before with other content (:func:`record_digest`)
+   is a conflict too (DICOM 0x0111, rejected/ from the watch folder).
 
 Any error on the way becomes a :class:`Refused` inside one context manager,
 :meth:`Intake.attempt` (pynetdicom's ``attempt``): its answer on every protocol comes from
@@ -27,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from lasan.errors import (
+    ControlIDConflictError,
     LasanError,
     ProtocolAnswer,
     QueueStorageError,
@@ -43,7 +48,8 @@ from lasan.integration.metrics import Health, Metrics
 from lasan.integration.queue import DurableQueue, IdempotencyKey
 from lasan.validation import ParsedInput, Reading
 
-__all__ = ["Source", "Accepted", "Refused", "Outcome", "Parser", "Intake", "order_for", "read_stored"]
+__all__ = ["Source", "Accepted", "Refused", "Outcome", "Parser", "Intake", "order_for", "read_stored", "hl7_digest",
+           "record_digest"]
 
 log = logging.getLogger("lasan.integration.intake")
 
@@ -121,6 +127,48 @@ def read_stored(raw: bytes, kind: str, key: IdempotencyKey, default_charset: str
     """
     parsed = Reading.start(raw, suffix=".hl7" if kind == "hl7" else ".dcm", default_charset=default_charset).read()
     return Handoff(parsed.record, order_for(parsed, key))
+
+
+def hl7_digest(data: bytes, header: MessageHeader) -> str:
+    """sha256 (hex) of what an HL7 message says, to tell a re-send from a re-used MSH-10.
+
+    The message as received minus what a genuine re-send may change: MLLP framing, a UTF-8
+    byte-order mark, surrounding whitespace, the segment terminator (CR, LF or CRLF) and MSH-7
+    (the time of the message, which some engines set again when they re-send). Everything else
+    counts, so another patient, ECG or order under the same MSH-10 is a different message.
+    """
+    wide = bool(header.codec) and str(header.codec).replace("_", "-").lower().startswith(("utf-16", "utf-32"))
+    if wide:  # compare the text: the header was read from it, not from the bytes
+        data = data.decode(str(header.codec), errors="replace").encode("utf-8")
+    body = data.strip(b"\x0b\x1c \t\r\n")
+    body = body[3:] if body.startswith(b"\xef\xbb\xbf") else body
+    segments = [s for s in body.replace(b"\r\n", b"\r").replace(b"\n", b"\r").split(b"\r") if s]
+    # A narrow header is read as Latin-1, so its separator is one byte of the message.
+    sep = header.field_separator.encode("utf-8" if wide else "latin-1", errors="replace")
+    msh = segments[0].split(sep)
+    if len(msh) > 6:
+        msh[6] = b""  # MSH-7 (fields[0] is "MSH", MSH-1 is the separator itself)
+    return hashlib.sha256(b"\r".join([sep.join(msh), *segments[1:]])).hexdigest()
+
+
+def record_digest(parsed: ParsedInput) -> str:
+    """sha256 (hex) of what a DICOM object (or an export file) says: patient, order and waveform
+    as read, so that a re-send in another transfer syntax is still the same object."""
+    record, patient = parsed.record, parsed.record.patient
+    h = hashlib.sha256()
+    for value in (patient.patient_id, patient.name, patient.birth_date, patient.sex, patient.accession_number,
+                  record.acquisition.acquired_at, repr(record.fs), ",".join(record.leads)):
+        h.update((value or "").encode("utf-8") + b"\x1f")
+    h.update(record.signal.tobytes())
+    return h.hexdigest()
+
+
+def _conflict(key: IdempotencyKey, item_id: int) -> ControlIDConflictError:
+    what = "MSH-10 (message control ID)" if key.sender_facility != "DICOM" else "SOP Instance UID"
+    return ControlIDConflictError(
+        f"control ID already used for a different message: {what} {key.control_id!r} from {key.sender_app} "
+        f"(stored as item {item_id}); nothing was stored: give each new message its own control ID "
+        "and resend it (an unchanged re-send gets the original acknowledgement)")
 
 
 def _parse_reading(reading: Reading) -> ParsedInput:
@@ -214,21 +262,28 @@ class Intake:
             )
         reading.check()
         key: IdempotencyKey | None = None
+        digest: str | None = None
         if header is not None:
-            # Answered before the waveform is read: a re-send costs one header read.
+            # Answered before the waveform is read: a re-send costs one header read (and one hash).
             key = IdempotencyKey(header.sending_application, header.sending_facility, header.control_id)
-            earlier = self.queue.lookup(key)
+            digest = hl7_digest(data, header)
+            earlier = self.queue.lookup(key, digest=digest)
+            if earlier is not None and earlier.conflict:
+                raise _conflict(key, earlier.item_id)
             if earlier is not None and earlier.ack:
                 return Accepted(key, earlier.item_id, "hl7", True, earlier.ack, header, None)
         parsed = self._parse(reading)
         if key is None:
             uid = source.control_id or parsed.sop_instance_uid or hashlib.sha256(data).hexdigest()[:40]
             key = IdempotencyKey(source.sender or source.channel.upper(), "DICOM", uid)
+            digest = record_digest(parsed)
         ack = build_ack(header, AA, application=self.application, facility=self.facility) if header else None
         if parsed.message is not None and data[:1] == b"\x0b":
             # A file may hold one MLLP frame: the message is stored, not its framing bytes.
             data = data[1:data.rfind(b"\x1c")] if b"\x1c" in data else data[1:]
-        outcome = self.queue.enqueue(key, data, source=source.channel, kind=parsed.fmt, ack=ack)
+        outcome = self.queue.enqueue(key, data, source=source.channel, kind=parsed.fmt, ack=ack, digest=digest)
+        if outcome.conflict:
+            raise _conflict(key, outcome.item_id)
         if outcome.duplicate:
             return Accepted(key, outcome.item_id, parsed.fmt, True, outcome.ack or ack, header, parsed)
         if self._handoff is not None:

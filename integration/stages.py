@@ -9,8 +9,9 @@
   for ``AA`` with MSA-2 = our MSH-10, then mark ``sent``.
 
 Failures never drop an item (:class:`Bookkeeping`): Triton unreachable, a downstream error
-or an AE/AR reply schedule a retry with exponential backoff; only an ECG that can never
-be scored becomes ``failed``, and stays in the database for review.
+or an AE/AR reply schedule a retry with exponential backoff; an ECG that can never be scored
+gets a "not scored" result (OBR-25 = X, the reason), delivered like any result, and stays
+in the database for review (``lasan queue``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from lasan.errors import ECGFormatError, LasanError, ScoringError, TritonUnavailableError
 from lasan.hl7.ack import AA, parse_ack
-from lasan.hl7.result import build_result, result_control_id
+from lasan.hl7.oru import OrderContext
+from lasan.hl7.result import build_not_scored_result, build_result, result_control_id
 from lasan.integration.config import AppConfig, client_ssl_context
 from lasan.integration.handoff import Handoff, ParsedRecords
 from lasan.integration.intake import read_stored
@@ -85,11 +87,25 @@ class Bookkeeping:
         event("worker.retry", logging.WARNING, log, stage=stage, attempts=attempts, delay_s=round(delay, 3),
               error=error, **ids)
 
-    async def fail(self, item: QueueItem, error: str, ids: dict[str, Any]) -> None:
-        await asyncio.to_thread(self.queue.mark_failed, item.id, error)
+    async def fail(self, item: QueueItem, error: str, ids: dict[str, Any], order: OrderContext | None = None) -> None:
+        """A permanent failure after AA: store a "not scored" result (delivered like any result),
+        so the sender's system learns that this ECG will not be scored and why.
+
+        ``order`` is the original's patient and order; without it (the stored message no longer
+        reads) the result names only the original control ID. ``error`` never holds patient data.
+        """
+        key = item.key
+        order = order or OrderContext(key.control_id, key.sender_app, key.sender_facility)
+        control_id = result_control_id(key.sender_app, key.sender_facility, key.control_id)
+        downstream = self.config.downstream
+        result = build_not_scored_result(
+            order, error, control_id=control_id, application=self.config.listener.application,
+            facility=self.config.listener.facility, receiving_application=downstream.application if downstream else "",
+            receiving_facility=downstream.facility if downstream else "")
+        await asyncio.to_thread(self.queue.mark_unscorable, item.id, error, result, control_id)
         self.metrics.failures.inc()
         self.health.error(error)
-        event("worker.failed", logging.ERROR, log, error=error, **ids)
+        event("worker.not_scored", logging.ERROR, log, error=error, result_control_id=control_id, **ids)
 
 
 class ScoringStage:
@@ -152,7 +168,7 @@ class ScoringStage:
             await self.books.retry(item, "score", f"Triton unavailable: {exc}", ids)
             return
         except (ScoringError, ECGFormatError) as exc:
-            await self.books.fail(item, f"the model refused this ECG: {exc}", ids)
+            await self.books.fail(item, f"the model refused this ECG: {exc}", ids, loaded.order)
             return
         except Exception as exc:  # noqa: BLE001 - unknown: keep the item, try again later
             self.stale = True

@@ -29,7 +29,9 @@ __all__ = [
     "order_from_dicom",
     "result_control_id",
     "build_result",
+    "build_not_scored_result",
     "RESULT_CODES",
+    "NOT_SCORED_STATUS",
 ]
 
 CODE_SYSTEM = "99LASAN"
@@ -47,7 +49,12 @@ RESULT_CODES: dict[str, tuple[str, str]] = {
     "LEADIMP-<LEAD>": ("Lead importance of <lead>", "NM"),
     "REPORT-PDF": ("ECG report with lead-importance shading", "ED"),
     "DISCLAIMER": ("Research use only; not a diagnosis", "ST"),
+    "NOT-SCORED": ("ECG not scored; the reason is the value", "TX"),
 }
+
+# HL7 v2.5.1 table 0123 (OBR-25) and table 0085 (OBX-11): "X" = no results available /
+# results cannot be obtained for this observation. A not-scored result carries it in both.
+NOT_SCORED_STATUS = "X"
 
 
 class ScoreLike(Protocol):
@@ -165,3 +172,43 @@ def build_result(
         add("ED", "REPORT-PDF", RESULT_CODES["REPORT-PDF"][0], f"LASAN^application^pdf^Base64^{data}")
     add("ST", "DISCLAIMER", RESULT_CODES["DISCLAIMER"][0], "Research use only. Not a medical device. Not a diagnosis.")
     return "\r".join(segments + obx) + "\r"
+
+
+def build_not_scored_result(
+    order: OrderContext,
+    reason: str,
+    *,
+    control_id: str,
+    application: str = "LASAN",
+    facility: str = "",
+    receiving_application: str = "",
+    receiving_facility: str = "",
+    now: datetime | None = None,
+) -> str:
+    """The ORU^R01 that says an acknowledged ECG will never be scored, and why.
+
+    Same MSH-10 rule, patient and order as :func:`build_result` (the receiver files it where
+    a score would have gone), but OBR-25 = ``X`` (table 0123: no results available) and one
+    ``NOT-SCORED`` OBX with OBX-11 = ``X`` (table 0085: results cannot be obtained) whose
+    value, repeated in an NTE for result viewers, is ``reason``. ``reason`` must not name the
+    patient (it comes from a typed error's message). Without a PID or patient in ``order``
+    (a stored message that no longer reads) the PID segment is left out (optional in ORU^R01).
+    """
+    ts = (now or datetime.now(timezone.utc)).strftime("%Y%m%d%H%M%S")
+    recv_app = receiving_application or order.sending_application
+    recv_fac = receiving_facility or order.sending_facility
+    text = escape_hl7(" ".join(reason.split()) or "not scored")
+    pid = order.pid_segment or (_pid_from_identity(order.patient) if order.patient is not None else None)
+    x = NOT_SCORED_STATUS
+    segments = [
+        f"MSH|^~\\&|{escape_hl7(application)}|{escape_hl7(facility)}|{escape_hl7(recv_app)}|{escape_hl7(recv_fac)}|"
+        f"{ts}||ORU^R01^ORU_R01|{control_id}|P|2.5.1|||AL|NE||UNICODE UTF-8",
+        *([pid] if pid else []),
+        f"OBR|1|{order.placer_order}|{order.filler_order}|{_cwe('LASAN-PANEL', RESULT_CODES['LASAN-PANEL'][0])}"
+        f"|||{order.observation_time}|||||||||||||{escape_hl7(order.original_control_id)}||{ts}|||{x}",
+        f"OBX|1|ST|{_cwe('ORIG-MSH10', RESULT_CODES['ORIG-MSH10'][0])}||{escape_hl7(order.original_control_id)}"
+        f"||||||F|||{ts}",
+        f"OBX|2|TX|{_cwe('NOT-SCORED', 'ECG not scored')}||{text}||||||{x}|||{ts}",
+        f"NTE|1|L|LASAN did not score this ECG: {text}",
+    ]
+    return "\r".join(segments) + "\r"

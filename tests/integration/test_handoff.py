@@ -72,9 +72,10 @@ def test_worker_thread_wakes_and_stops_from_another_thread(tmp_path):
                                 source="hl7", kind="hl7").item_id
         threading.Thread(target=worker.wake).start()
         deadline = time.monotonic() + 20
-        while queue.get(item_id).state != "failed" and time.monotonic() < deadline:
+        while queue.get(item_id).outcome != "not_scored" and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert queue.get(item_id).state == "failed"  # an unreadable stored message fails, without a scorer
+        # An unreadable stored message fails for good, without a scorer: a "not scored" result.
+        assert queue.get(item_id).outcome == "not_scored"
     finally:
         worker.stop()
         thread.join(20)

@@ -94,11 +94,11 @@ def _served_model_refuses(name: str, data: bytes) -> bool:
     return False
 
 
-def _send_mllp(tmp_path, items: dict[str, bytes], queue: DurableQueue | None = None) -> dict[str, tuple[str, str]]:
-    """name -> (MSA-1, MSA-3 / ERR text) over a real loopback socket."""
+def _send_mllp(tmp_path, items: dict[str, bytes], queue: DurableQueue | None = None) -> dict[str, tuple[str, str, bytes]]:
+    """name -> (MSA-1, MSA-3 / ERR text, the ACK as received) over a real loopback socket."""
     intake = Intake(queue or DurableQueue(tmp_path / "mllp.sqlite"), Metrics(), Health())
 
-    async def main() -> dict[str, tuple[str, str]]:
+    async def main() -> dict[str, tuple[str, str, bytes]]:
         listener = MLLPListener(ListenerConfig(port=0), intake)
         port = await listener.start()
         out = {}
@@ -222,3 +222,54 @@ def test_a_derived_limb_lead_that_overflows_float32_is_refused_by_validate_recor
     signal[0, 10], signal[1, 10] = 3e38, -3e38  # II and III fit float32; I = II - III does not
     with pytest.raises(BadWaveformError, match="derived"):
         validate_record(dataclasses.replace(record, signal=signal))
+
+
+# -- 2. a control ID re-used for different content -------------------------------------------
+
+
+def _err3(ack: bytes) -> str:
+    err = next(s for s in ack.decode().split("\r") if s.startswith("ERR|"))
+    return err.split("|")[3].split("^")[0]
+
+
+def test_a_reused_msh10_gets_ae_205_and_a_genuine_resend_the_original_ack(tmp_path):
+    first = oru(small_ecg(seed=30), "RE-1")
+    resend = _msh(first, 6, "20300101120000")  # the same message, MSH-7 set again by the sender's engine
+    other_patient = dataclasses.replace(small_ecg(seed=31), patient=dataclasses.replace(
+        small_ecg(seed=31).patient, patient_id="MRN0000002", name="Other^Person"))
+    reused = oru(other_patient, "RE-1")  # another patient's ECG under the same MSH-10
+    queue = DurableQueue(tmp_path / "q.sqlite")
+    answers = _send_mllp(tmp_path, {"first": first, "resend": resend, "reused": reused, "again": first}, queue)
+    assert answers["first"][0] == "AA"
+    assert answers["resend"][2] == answers["first"][2] and answers["again"][2] == answers["first"][2]  # byte for byte
+    code, text, ack = answers["reused"]
+    assert code == "AE" and _err3(ack) == "205" and parse_ack(ack).control_id == "RE-1"
+    assert "already used for a different message" in text and "MRN0000002" not in text
+    assert queue.counts()["received"] == 1  # the re-used ID stored nothing
+
+
+def test_a_reused_sop_instance_uid_gets_0111_and_an_unchanged_resend_success(tmp_path):
+    import pydicom
+
+    first = dicom_bytes(small_ecg(seed=32, fs=500.0))
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(small_ecg(seed=33, fs=500.0))))
+    uid = pydicom.dcmread(io.BytesIO(first)).SOPInstanceUID
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uid
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    queue = DurableQueue(tmp_path / "q.sqlite")
+    answers = _store_dicom(tmp_path, {"first": first, "resend": first, "reused": buffer.getvalue()}, queue)
+    assert answers["first"][0] == 0 and answers["resend"][0] == 0
+    status, comment = answers["reused"]
+    assert status == 0x0111 and "already used" in comment
+    assert queue.counts()["received"] == 1
+
+
+def test_a_reused_msh10_in_the_watch_folder_goes_to_rejected_with_the_reason(tmp_path):
+    queue = DurableQueue(tmp_path / "q.sqlite")
+    assert _watch(tmp_path, {"a.hl7": oru(small_ecg(seed=34), "W-1")}, queue) == {"a.hl7": None}
+    reasons = _watch(tmp_path, {"b.hl7": oru(small_ecg(seed=35), "W-1"),
+                                "c.hl7": _msh(oru(small_ecg(seed=34), "W-1"), 6, "20300101")}, queue)
+    assert reasons["c.hl7"] is None  # the same message again: processed (a duplicate, nothing new stored)
+    assert reasons["b.hl7"] and "already used for a different message" in reasons["b.hl7"]
+    assert queue.counts()["received"] == 1
