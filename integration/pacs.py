@@ -120,8 +120,13 @@ def _lo(text: str | None, limit: int = 64) -> str:
     return clean[:limit]
 
 
-def _hl7_unescape(text: str) -> str:
-    return re.sub(r"\\[A-Z]\\", " ", text.split("^")[0]).strip()
+_HL7_ESCAPES = {"F": "|", "S": "^", "T": "&", "R": "~", "E": "\\"}
+
+
+def _hl7_first_component(text: str) -> str:
+    """The first component of an order field kept as sent (standard delimiters), unescaped."""
+    first = text.split("^")[0]
+    return re.sub(r"\\([FSTRE])\\", lambda m: _HL7_ESCAPES[m.group(1)], first).strip()
 
 
 def study_context(record: ECGRecord, uid_key: str, order: OrderContext | None = None,
@@ -138,7 +143,7 @@ def study_context(record: ECGRecord, uid_key: str, order: OrderContext | None = 
     when = now or datetime.now(timezone.utc)
     accession = patient.accession_number or ""
     if not accession and order is not None:
-        accession = _hl7_unescape(order.filler_order or order.placer_order or "")
+        accession = _hl7_first_component(order.filler_order or order.placer_order or "")
     sex = (patient.sex or "").upper()[:1]
     dicom_source = acq.study_uid and acq.sop_instance_uid
     sop_class = _GENERAL_ECG if acq.sop_class == "General ECG Waveform Storage" else _TWELVE_LEAD_ECG

@@ -1,0 +1,210 @@
+"""Results to PACS: the SR and encapsulated PDF of a scored ECG, checked by dicom3tools' dciodvfy,
+read back with highdicom, and sent by our C-STORE SCU to a real dcmtk storescp."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+
+import pytest
+from dicom_pacs import StoreSCP, dciodvfy_errors, free_port
+
+from lasan.client.score import Score
+from lasan.errors import DeliveryError, IntegrationError
+from lasan.formats.dicom import GENERAL_ECG_SOP_CLASS, TWELVE_LEAD_ECG_SOP_CLASS, dicom_bytes, read_dicom
+from lasan.formats.sample import sample_ecg
+from lasan.integration.config import config_from_dict
+from lasan.integration.dicom_scu import store
+from lasan.integration.pacs import (
+    CODING_SCHEME,
+    COMPREHENSIVE_SR,
+    ENCAPSULATED_PDF,
+    pack_objects,
+    pacs_objects,
+    unpack_objects,
+)
+from lasan.leads import MODEL_LEADS
+from lasan.record import PatientIdentity
+
+# The smallest valid PDF: enough for the encapsulation tests, which do not render a report.
+_PDF = (b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj 2 0 obj<</Type/Pages/Kids[]/Count 0>>endobj\n"
+        b"trailer<</Root 1 0 R>>\n%%EOF\n")
+
+
+def _score() -> Score:
+    importance = dict(zip(MODEL_LEADS, (0.3, 0.1, 0.2, 0.1, 0.1, 0.1, 0.05, 0.05), strict=True))
+    return Score(
+        probabilities={"control": 0.2, "ARVC": 0.7, "LQTS": 0.1}, predicted_class="ARVC",
+        screening={"ARVC": True, "LQTS": False}, confirmation={"ARVC": False, "LQTS": False},
+        thresholds={"screening": {"ARVC": 0.3, "LQTS": 0.4}, "confirmation": {"ARVC": 0.8, "LQTS": 0.9}},
+        lead_importance=importance, model_name="lasan_ensemble", model_version="1-abc", round_trip_ms=3.0,
+    )
+
+
+def _parse(blob: bytes):
+    import pydicom
+
+    return pydicom.dcmread(io.BytesIO(blob))
+
+
+def _items(sr):
+    """Every content item of an SR as (code value, item), depth first."""
+    out = []
+
+    def walk(items):
+        for item in items:
+            out.append((item.ConceptNameCodeSequence[0].CodeValue, item))
+            walk(item.get("ContentSequence", []))
+
+    walk(sr.ContentSequence)
+    return out
+
+
+def _values(sr) -> dict[str, object]:
+    values: dict[str, object] = {}
+    for code, item in _items(sr):
+        if item.ValueType == "NUM":
+            values[code] = float(item.MeasuredValueSequence[0].NumericValue)
+        elif item.ValueType == "CODE":
+            values[code] = item.ConceptCodeSequence[0].CodeValue
+        elif item.ValueType == "TEXT":
+            values[code] = item.TextValue
+    return values
+
+
+def test_sr_of_a_dicom_ecg_is_in_its_study_references_it_and_carries_the_score(tmp_path):
+    import highdicom as hd
+
+    source = _parse(dicom_bytes(sample_ecg(seed=3), uid_key="source-ecg"))
+    record = read_dicom(dicom_bytes(sample_ecg(seed=3), uid_key="source-ecg"))
+    sr_bytes, pdf_bytes = pacs_objects(record, _score(), uid_key="MUSE|HOSP|1.2.3", pdf=_PDF)
+    sr, pdf = _parse(sr_bytes), _parse(pdf_bytes)
+
+    assert sr.SOPClassUID == COMPREHENSIVE_SR and pdf.SOPClassUID == ENCAPSULATED_PDF
+    assert sr.StudyInstanceUID == pdf.StudyInstanceUID == source.StudyInstanceUID
+    assert sr.PatientID == pdf.PatientID == source.PatientID
+    evidence = sr.CurrentRequestedProcedureEvidenceSequence[0]
+    assert evidence.StudyInstanceUID == source.StudyInstanceUID
+    series = evidence.ReferencedSeriesSequence[0]
+    assert series.SeriesInstanceUID == source.SeriesInstanceUID
+    assert series.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    assert series.ReferencedSOPSequence[0].ReferencedSOPClassUID == TWELVE_LEAD_ECG_SOP_CLASS
+    assert pdf.SourceInstanceSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    assert pdf.EncapsulatedDocument[: len(_PDF)] == _PDF and pdf.EncapsulatedDocumentLength == len(_PDF)
+
+    values = _values(sr)
+    assert values["P-ARVC"] == pytest.approx(0.7, abs=1e-6) and values["P-control"] == pytest.approx(0.2, abs=1e-6)
+    assert values["T-ARVC"] == pytest.approx(0.3, abs=1e-6)  # the screening point (the default)
+    assert values["D-ARVC"] == "10828004" and values["D-LQTS"] == "260385009"  # SNOMED positive / negative
+    assert values["PRED"] == "ARVC"
+    for lead, weight in _score().lead_importance.items():
+        assert values[f"LI-{lead}"] == pytest.approx(weight, abs=1e-6)
+    assert values["111003"] == "1-abc" and sr.SoftwareVersions == "1-abc"  # model version (TID 4019 + header)
+    assert all(item.ConceptNameCodeSequence[0].CodingSchemeDesignator == CODING_SCHEME
+               for code, item in _items(sr) if code.startswith(("P-", "T-", "D-", "LI-")))
+    # highdicom reads it back as a TID 1500 measurement report with our two TID 1501 groups.
+    report = hd.sr.ComprehensiveSR.from_dataset(sr).content
+    assert isinstance(report, hd.sr.MeasurementReport)
+    classification, importance = report.get_image_measurement_groups()
+    assert classification.tracking_identifier == "LASAN classification"
+    assert classification.method is not None and classification.method.value == "OP-screening"
+    assert {m.name.value: m.value for m in classification.get_measurements()}["P-LQTS"] == pytest.approx(0.1)
+    assert {q.name.value: q.value.value for q in classification.get_qualitative_evaluations()}["PRED"] == "ARVC"
+    assert len(importance.get_measurements()) == len(MODEL_LEADS)
+    for blob, name in ((sr_bytes, "sr.dcm"), (pdf_bytes, "pdf.dcm")):
+        (tmp_path / name).write_bytes(blob)
+        assert dciodvfy_errors(tmp_path / name) == [], name
+
+
+def test_non_dicom_ecg_gets_a_new_stable_study_with_its_patient_and_order():
+    from lasan.hl7.result import order_from_dicom
+
+    record = sample_ecg(seed=4)
+    order = order_from_dicom("CTRL-9", "MUSE", PatientIdentity(), accession="ACC^77")
+    first = [_parse(b) for b in pacs_objects(record, _score(), uid_key="MUSE|HOSP|CTRL-9", order=order, pdf=_PDF)]
+    again = [_parse(b) for b in pacs_objects(record, _score(), uid_key="MUSE|HOSP|CTRL-9", order=order, pdf=_PDF)]
+    other = [_parse(b) for b in pacs_objects(record, _score(), uid_key="MUSE|HOSP|CTRL-10", order=order, pdf=_PDF)]
+    sr, pdf = first
+    assert sr.PatientID == pdf.PatientID == record.patient.patient_id
+    assert str(sr.PatientName) == str(pdf.PatientName) == (record.patient.name or "")
+    assert sr.AccessionNumber == "ACC^77"  # the filler order's first component, HL7 escapes undone
+    assert sr.StudyInstanceUID == pdf.StudyInstanceUID
+    assert "CurrentRequestedProcedureEvidenceSequence" not in sr and "SourceInstanceSequence" not in pdf
+    # Same ECG (idempotency key) -> same UIDs on every attempt; another ECG -> others.
+    assert [d.SOPInstanceUID for d in first] == [d.SOPInstanceUID for d in again]
+    assert sr.StudyInstanceUID == again[0].StudyInstanceUID != other[0].StudyInstanceUID
+    assert len({d.SOPInstanceUID for d in first + other}) == 4
+
+
+def test_our_ecg_waveform_writer_passes_dciodvfy(tmp_path):
+    from dataclasses import replace
+
+    from lasan.record import ECGRecord
+
+    twelve = replace(sample_ecg(seed=1), acquisition=replace(sample_ecg(seed=1).acquisition,
+                                                             filter_low_hz=0.05, filter_high_hz=150.0))
+    base = sample_ecg(seed=2)
+    general = ECGRecord(base.signal.repeat(4, axis=1), base.fs * 4, base.leads, base.acquisition, base.patient)
+    for record, sop in ((twelve, TWELVE_LEAD_ECG_SOP_CLASS), (general, GENERAL_ECG_SOP_CLASS)):
+        path = tmp_path / f"{sop}.dcm"
+        path.write_bytes(dicom_bytes(record))
+        assert _parse(path.read_bytes()).SOPClassUID == sop
+        assert dciodvfy_errors(path) == [], sop
+
+
+def test_pack_round_trips_and_refuses_what_it_did_not_write():
+    blobs = [b"\x00" * 3, b"DICM" * 10, b""]
+    assert unpack_objects(pack_objects(blobs)) == blobs
+    with pytest.raises(IntegrationError, match="not a LASAN object list"):
+        unpack_objects(b"junk")
+    with pytest.raises(IntegrationError, match="truncated"):
+        unpack_objects(pack_objects([b"abcdef"])[:-2])
+
+
+def test_c_store_to_storescp_delivers_both_objects_readable_by_dcmdump(tmp_path):
+    record = read_dicom(dicom_bytes(sample_ecg(seed=5), uid_key="src"))
+    objects = pacs_objects(record, _score(), uid_key="k", pdf=_PDF)
+    with StoreSCP(tmp_path / "pacs", ae_title="TESTPACS") as pacs:
+        config = config_from_dict({"pacs": pacs.config_section()}, tmp_path)
+        assert config.pacs is not None
+        report = store(objects, config.pacs)
+        files = pacs.wait_for(2)
+    assert [code for _, code in report.statuses] == [0, 0]
+    arrived = {str(_parse(p.read_bytes()).SOPInstanceUID): p for p in files}
+    assert set(arrived) == {str(_parse(b).SOPInstanceUID) for b in objects}
+    dcmdump = shutil.which("dcmdump")
+    if dcmdump:
+        sr_file = arrived[str(_parse(objects[0]).SOPInstanceUID)]
+        dump = subprocess.run([dcmdump, str(sr_file)], capture_output=True, text=True, timeout=30).stdout
+        assert "ComprehensiveSRStorage" in dump and "LASAN classification" in dump and "P-ARVC" in dump
+
+
+def test_c_store_to_a_pacs_that_is_down_rejects_us_or_refuses_raises_delivery_error(tmp_path):
+    from pynetdicom import AE, AllStoragePresentationContexts, evt
+
+    objects = pacs_objects(sample_ecg(seed=6), _score(), uid_key="k2")
+    with StoreSCP(tmp_path / "pacs") as pacs:
+        down = config_from_dict({"pacs": pacs.config_section()}, tmp_path).pacs
+    assert down is not None
+    with pytest.raises(DeliveryError, match="PACS .* at 127.0.0.1"):
+        store(objects, down)  # nothing listens there any more
+    # storescp accepts any called AE title; a pynetdicom SCP that checks it, and answers
+    # "out of resources" (0xA700) to every C-STORE, is a real peer for the other two cases.
+    ae = AE(ae_title="RIGHTAE")
+    ae.require_called_aet = True
+    ae.supported_contexts = AllStoragePresentationContexts
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False,
+                             evt_handlers=[(evt.EVT_C_STORE, lambda event: 0xA700)])
+    try:
+        section = {"host": "127.0.0.1", "port": port, "timeout_s": 5.0}
+        wrong = config_from_dict({"pacs": {**section, "called_ae": "WRONGAE"}}, tmp_path).pacs
+        full = config_from_dict({"pacs": {**section, "called_ae": "RIGHTAE"}}, tmp_path).pacs
+        assert wrong is not None and full is not None
+        with pytest.raises(DeliveryError, match="rejected the association"):
+            store(objects, wrong)
+        with pytest.raises(DeliveryError, match="status 0xA700"):
+            store(objects, full)
+    finally:
+        server.shutdown()
