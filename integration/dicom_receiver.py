@@ -28,6 +28,7 @@ import logging
 import shutil
 import socket
 import threading
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -212,24 +213,28 @@ def _bounded_server_class() -> type:
             return not refused
 
         def process_request_thread(self, request: Any, client_address: Any) -> None:
+            # pynetdicom's handler only starts the association's own thread and returns: this
+            # thread then waits for that association, so the peer's slot lasts as long as it
+            # does, and cuts it at the deadline (pynetdicom's timers restart on every byte).
             deadline = self.lasan_config.association_deadline_s
-
-            def cut() -> None:
-                # pynetdicom's network timeout restarts on every byte; this one does not.
-                event("dicom.association_deadline", logging.WARNING, log, peer=_address(*client_address[:2]),
-                      reason=f"connection open longer than dicom.association_deadline_s ({deadline:g} s); closed")
-                try:
-                    request.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-            timer = threading.Timer(deadline, cut)
-            timer.daemon = True
-            timer.start()
+            started = time.monotonic()
             try:
                 super().process_request_thread(request, client_address)
+                assoc = next((a for a in self.active_associations
+                              if getattr(getattr(a.dul, "socket", None), "socket", None) is request), None)
+                if assoc is not None:
+                    assoc.join(max(0.0, deadline - (time.monotonic() - started)))
+                    if assoc.is_alive():
+                        event("dicom.association_deadline", logging.WARNING, log, peer=_address(*client_address[:2]),
+                              reason=f"connection open longer than dicom.association_deadline_s ({deadline:g} s); closed")
+                        try:
+                            request.shutdown(socket.SHUT_RDWR)
+                        except OSError:
+                            pass
+                        assoc.join(5)
+                        if assoc.is_alive():
+                            assoc.kill()
             finally:
-                timer.cancel()
                 with self._peer_lock:
                     ip = str(client_address[0])
                     left = self._per_peer.get(ip, 0) - 1
