@@ -9,7 +9,7 @@ LASAN  := $(VENV)/bin/lasan
 STAMP  := $(VENV)/.installed
 WORK   ?= work
 REPO   ?= $(WORK)/model_repository
-APT_PACKAGES := libb64-0d dcmtk openssl dicom3tools
+APT_PACKAGES := libb64-0d dcmtk openssl dicom3tools postgresql
 
 .PHONY: install test test-fast demo report serve bench experiments lint clean
 

@@ -22,7 +22,7 @@ from lasan.integration.handoff import ParsedRecords
 from lasan.integration.intake import Intake
 from lasan.integration.logs import configure_logging, event
 from lasan.integration.metrics import Health, Metrics, MetricsServer
-from lasan.integration.queue import DurableQueue
+from lasan.integration.queue import open_queue
 from lasan.integration.stages import ScorerFactory
 
 __all__ = ["IntegrationApp", "configure", "run", "serve"]
@@ -42,7 +42,7 @@ class IntegrationApp:
         self.config = config
         self.metrics = Metrics(config.metrics.node)
         self.health = Health()
-        self.queue = DurableQueue(config.storage.queue_db)
+        self.queue = open_queue(config.storage)
         self.metrics.watch_queue(self.queue)
         self._scorer_factory = scorer_factory
         self.ports: dict[str, int] = {}

@@ -130,6 +130,10 @@ class DownstreamConfig:
 class StorageConfig:
     queue_db: Path = Path("var/queue.sqlite")
     outbox: Path = Path("var/outbox")
+    # postgresql://user@host/db: a queue shared by several listeners (docs/queue.md); None: the SQLite file queue_db.
+    queue_url: str | None = None
+    # A worker's claim on an item; when its node dies, another node takes the item after this long.
+    lease_s: float = 120.0
 
 
 @dataclass(frozen=True)
@@ -156,10 +160,6 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
-class AppConfig:
-    listener: ListenerConfig = field(default_factory=ListenerConfig)
-    dicom: DicomConfig = field(default_factory=DicomConfig)
-@dataclass(frozen=True)
 class PacsConfig:
     """Results to PACS: the SR and encapsulated PDF of every scored ECG, by C-STORE (docs/integration.md)."""
 
@@ -180,6 +180,10 @@ class FhirConfig:
     timeout_s: float = 30.0
 
 
+@dataclass(frozen=True)
+class AppConfig:
+    listener: ListenerConfig = field(default_factory=ListenerConfig)
+    dicom: DicomConfig = field(default_factory=DicomConfig)
     watch: WatchConfig = field(default_factory=WatchConfig)
     triton: TritonConfig = field(default_factory=TritonConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
@@ -188,12 +192,12 @@ class FhirConfig:
     retry: RetryConfig = field(default_factory=RetryConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    pacs: PacsConfig | None = None  # no section: no PACS delivery
+    fhir: FhirConfig | None = None  # no section: no FHIR output
 
 
 class _Section:
     """Reads one mapping, remembering its dotted path for error messages."""
-    pacs: PacsConfig | None = None  # no section: no PACS delivery
-    fhir: FhirConfig | None = None  # no section: no FHIR output
 
     def __init__(self, data: Any, path: str, base: Path) -> None:
         if data is None:
@@ -301,10 +305,6 @@ def _ae_title(sec: _Section, key: str, default: str) -> str:
     return value
 
 
-def config_from_dict(data: Any, base_dir: str | Path = ".") -> AppConfig:
-    """Validate a parsed YAML mapping into :class:`AppConfig`.
-
-    Raises:
 def _pacs(top: _Section) -> PacsConfig | None:
     if not top.has("pacs"):
         top.used.add("pacs")
@@ -332,6 +332,10 @@ def _fhir(top: _Section) -> FhirConfig | None:
     return fhir if fhir.enabled else None
 
 
+def config_from_dict(data: Any, base_dir: str | Path = ".") -> AppConfig:
+    """Validate a parsed YAML mapping into :class:`AppConfig`.
+
+    Raises:
         ConfigError: naming the first invalid or unknown key.
     """
     base = Path(base_dir)
@@ -434,12 +438,16 @@ def _fhir(top: _Section) -> FhirConfig | None:
         s.done()
     else:
         top.used.add("downstream")
+    pacs, fhir = _pacs(top), _fhir(top)
 
     s = top.section("storage")
     std = StorageConfig()
+    queue_url = s.text("queue_url", "") or None
+    if queue_url is not None and not queue_url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(f"storage.queue_url: must be a postgresql:// URL, got {queue_url.split('@')[-1]!r}")
     storage = StorageConfig(
-    pacs, fhir = _pacs(top), _fhir(top)
-        queue_db=s.path_("queue_db", std.queue_db) or std.queue_db, outbox=s.path_("outbox", std.outbox) or std.outbox
+        queue_db=s.path_("queue_db", std.queue_db) or std.queue_db, outbox=s.path_("outbox", std.outbox) or std.outbox,
+        queue_url=queue_url, lease_s=s.number("lease_s", std.lease_s, 1.0),
     )
     s.done()
 

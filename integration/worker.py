@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import threading
 from collections.abc import Callable
 
@@ -22,7 +24,7 @@ from lasan.integration.config import AppConfig
 from lasan.integration.handoff import ParsedRecords
 from lasan.integration.logs import event
 from lasan.integration.metrics import Health, Metrics
-from lasan.integration.queue import DurableQueue, QueueItem
+from lasan.integration.queue import Queue, QueueItem
 from lasan.integration.stages import Bookkeeping, DeliveryStage, ScorerFactory, ScoringStage, backoff_delay
 
 __all__ = ["ResultWorker", "backoff_delay"]
@@ -43,7 +45,7 @@ class ResultWorker:
     def __init__(
         self,
         config: AppConfig,
-        queue: DurableQueue,
+        queue: Queue,
         metrics: Metrics,
         health: Health,
         scorer_factory: ScorerFactory | None = None,
@@ -56,6 +58,8 @@ class ResultWorker:
         self.scoring = ScoringStage(config, books, scorer_factory, parsed)
         self.delivery = DeliveryStage(config, books)
         self._poll = poll_interval_s
+        # Names this process's leases in a queue shared by several nodes (the PostgreSQL backend).
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop run() is on, for wake()/stop()
@@ -138,11 +142,14 @@ class ResultWorker:
     async def run_once(self) -> bool:
         """One pass over the due items; True when something was attempted."""
         limit = max(8, 4 * self.config.scoring.concurrency)
-        items = await asyncio.to_thread(self.queue.due, None, limit)
+        items = await asyncio.to_thread(self._lease, limit)
         if not items:
             return False
         await _Pass(self, items, limit).run()
         return True
+
+    def _lease(self, limit: int) -> list[QueueItem]:
+        return self.queue.lease(self.worker_id, limit=limit, lease_s=self.config.storage.lease_s)
 
 
 class _Pass:
@@ -157,7 +164,6 @@ class _Pass:
         self.queue, self.scoring, self.delivery = worker.queue, worker.scoring, worker.delivery
         self._gate = asyncio.Semaphore(worker.config.scoring.concurrency)
         self._tasks: dict[int, asyncio.Task] = {}
-        self._last_id = 0
 
     async def run(self) -> None:
         self._start(self.items)
@@ -181,6 +187,8 @@ class _Pass:
         finally:
             # Scoring already started finishes (its result is stored for the next pass).
             await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+            # What this pass did not finish goes back to the queue, for this node or another.
+            await asyncio.to_thread(self.queue.release_leases, self.worker.worker_id)
             # Renewed only here, with no call in flight: closing a shared channel under
             # other tasks would fail their calls too.
             await self.scoring.renew_if_stale()
@@ -191,14 +199,15 @@ class _Pass:
 
     def _start(self, batch: list[QueueItem]) -> None:
         for item in batch:
-            self._last_id = max(self._last_id, item.id)
             if item.state == "received":
                 self._tasks[item.id] = asyncio.create_task(self._score(item))
 
     async def _join_new(self) -> None:
         # Bounded (see _may_join), so one pass cannot run forever under a steady feed.
         self.worker._wake.clear()
-        fresh = await asyncio.to_thread(self.queue.due, None, self.limit, after_id=self._last_id)
+        leased = await asyncio.to_thread(self.worker._lease, self.limit)
+        known = {item.id for item in self.items}
+        fresh = [item for item in leased if item.id not in known]
         self.items.extend(fresh)
         self._start(fresh)
 
