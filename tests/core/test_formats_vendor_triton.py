@@ -1,14 +1,19 @@
 """The real Philips Sierra export and a GE MUSE export (8 stored leads) score through the served
-Triton ensemble like their records in-process (the shared session server; slow)."""
+Triton ensemble like their records in-process, and ``lasan score`` scores one file of each export
+format (the shared session server; slow)."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
 import torch
-from test_formats_vendor import PHILIPS, ge_muse_bytes, needs_philips
+from test_formats_vendor import BUILDERS, PATIENT_ID, PHILIPS, _corrupt, ge_muse_bytes, needs_philips
+from test_formats_vendor_entry import export_files
 
 from lasan.checkpoint import load_checkpoint
+from lasan.cli import main
 from lasan.client.api import TritonScorer
 from lasan.formats import read_ecg
 from lasan.leads import MODEL_LEADS
@@ -43,3 +48,21 @@ def test_real_philips_export_scores_through_the_served_ensemble(scored):
 
 def test_ge_muse_export_with_derived_limb_leads_scores_through_the_served_ensemble(scored):
     scored(read_ecg(ge_muse_bytes()))
+
+
+def test_lasan_score_scores_one_file_of_each_export_and_names_a_broken_one(triton_server, tmp_path, capsys):
+    files = export_files(tmp_path)
+    broken = tmp_path / "broken.xml"
+    broken.write_bytes(_corrupt("mortara", BUILDERS["mortara"]()))
+    paths = [*map(str, files.values()), str(broken)]
+    code = main(["score", *paths, "--url", triton_server.grpc_url, "--json", "--no-progress"])
+    out, err = capsys.readouterr()
+    assert code == 1, err  # the broken file fails alone
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [row["file"] for row in rows] == paths
+    with TritonScorer(triton_server.grpc_url, timeout_s=60) as scorer:
+        for path, row in zip(paths[:-1], rows[:-1], strict=True):
+            expected = scorer.score(read_ecg(path)).probabilities
+            assert row["probabilities"] == pytest.approx(expected, abs=1e-5), path
+    assert rows[-1]["error_type"] == "MalformedECGError" and str(broken) in rows[-1]["error"]
+    assert PATIENT_ID not in out + err
