@@ -142,10 +142,17 @@ class MLLPListener:
             raise
         except ssl.SSLError as exc:
             reason = exc.reason or exc.strerror or str(exc)  # e.g. WRONG_VERSION_NUMBER, TLSV1_ALERT_UNKNOWN_CA
-        except (asyncio.TimeoutError, TimeoutError):
-            reason = f"handshake not finished within listener.frame_deadline_s ({self.config.frame_deadline_s:g} s)"
+        except (asyncio.TimeoutError, TimeoutError, ConnectionAbortedError) as exc:
+            # asyncio reports its own handshake timeout as ConnectionAbortedError("... taking longer than ...").
+            if isinstance(exc, ConnectionAbortedError) and "longer than" not in str(exc):
+                reason = f"connection aborted during the handshake: {exc}"
+            else:
+                reason = f"handshake not finished within listener.frame_deadline_s ({self.config.frame_deadline_s:g} s)"
         except (OSError, EOFError) as exc:
-            reason = f"{type(exc).__name__}: {exc}" if str(exc) else f"peer closed during the handshake ({type(exc).__name__})"
+            # A client that does not trust our certificate usually just closes (its alert is lost in the reset).
+            reason = (f"{type(exc).__name__}: {exc}" if str(exc) else
+                      f"peer closed the connection during the handshake ({type(exc).__name__}; "
+                      "does it trust our certificate?)")
         event("mllp.tls_failed", logging.WARNING, log, peer=peer, reason=reason)
         writer.transport.abort()
         return False

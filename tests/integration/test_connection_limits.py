@@ -269,3 +269,31 @@ def test_dicom_drip_is_cut_at_the_association_deadline(tmp_path, caplog):
     finally:
         receiver.stop()
     assert _events(caplog, "dicom.association_deadline")
+
+
+def test_wrong_called_ae_title_is_rejected_and_logged(tmp_path, caplog):
+    import shutil
+    import subprocess
+
+    caplog.set_level(logging.INFO)
+    receiver, port = _receiver(tmp_path)  # require_called_aet is on by default
+    try:
+        wrong = _scu().associate("127.0.0.1", port, ae_title="NOT-LASAN")
+        assert wrong.is_rejected
+        right = _scu().associate("127.0.0.1", port, ae_title="LASAN")
+        assert right.is_established and right.send_c_echo().Status == 0x0000
+        right.release()
+        dcmtk = shutil.which("echoscu")
+        if dcmtk:  # dcmtk's echoscu as a second, independent SCU
+            bad = subprocess.run([dcmtk, "-aet", "CART02", "-aec", "ELSEWHERE", "127.0.0.1", str(port)],
+                                 capture_output=True, text=True, timeout=30)
+            good = subprocess.run([dcmtk, "-aet", "CART02", "-aec", "LASAN", "127.0.0.1", str(port)],
+                                  capture_output=True, text=True, timeout=30)
+            assert bad.returncode != 0 and "Rejected" in (bad.stdout + bad.stderr)
+            assert good.returncode == 0, good.stderr
+    finally:
+        receiver.stop()
+    rejected = _events(caplog, "dicom.association_rejected")
+    assert len(rejected) == (2 if dcmtk else 1), rejected
+    assert all("called AE title is not ours" in e["reason"] for e in rejected)
+    assert {e["called_ae"] for e in rejected} <= {"NOT-LASAN", "ELSEWHERE"}
