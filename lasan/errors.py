@@ -70,9 +70,9 @@ __all__ = [
     "HL7MessageError",
     "ControlIDConflictError",
     "QueueStorageError",
+    "DeliveryError",
 ]
 
-    "DeliveryError",
 
 # DICOM C-STORE statuses (PS3.4 GG.4-1, pynetdicom's names).
 _A700_OUT_OF_RESOURCES = 0xA700
@@ -217,16 +217,16 @@ class QueueStorageError(IntegrationError):
     dicom_status = _A700_OUT_OF_RESOURCES
 
 
+class DeliveryError(IntegrationError):
+    """A result could not reach PACS or a FHIR server (down, refused): it stays queued and is retried."""
+
+
 @dataclass(frozen=True)
 class ProtocolAnswer:
     """How one error is answered on each protocol."""
 
     hl7_ack: str  # MSA-1: "AE" or "AR"
     hl7_error_code: str  # ERR-3: HL7 table 0357
-class DeliveryError(IntegrationError):
-    """A result could not reach PACS or a FHIR server (down, refused): it stays queued and is retried."""
-
-
     dicom_status: int  # C-STORE status
 
 
