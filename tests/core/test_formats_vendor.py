@@ -318,6 +318,27 @@ def test_real_philips_export_agrees_with_the_carts_own_measurements() -> None:
 
 
 @needs_philips
+def test_real_philips_export_holds_10_5_s_of_ecg_then_the_carts_1_mv_calibration_pulse() -> None:
+    """What the 11 s really hold: 5264 samples of ECG, a flat line, the cart's 1 mV / 200 ms
+    calibration pulse on every lead (the device's own amplitude reference: 200 counts of 5 µV),
+    and a flat end. In the ECG part the limb leads obey Einthoven and Goldberger within rounding
+    (the XLI codec stores III and aVR/aVL/aVF as residuals, so a decoding slip shows here)."""
+    record = read_ecg(PHILIPS)
+    uv = record.signal.astype(np.float64) * 1000.0
+    pulse = np.all(np.abs(uv - 1000.0) < 0.01, axis=0)  # 1.000 mV on all 12 leads at once
+    assert np.flatnonzero(pulse).tolist() == list(range(5350, 5450))
+    flat = np.all(np.abs(uv) < 0.01, axis=0)
+    assert flat[5264:5350].all() and flat[5450:].all() and not flat[5000:5264].all()
+    ecg = {lead: uv[k, :5264] for k, lead in enumerate(record.leads)}
+    lsb = 5.0 + 1e-3  # float32 mV
+    assert np.abs(ecg["III"] - (ecg["II"] - ecg["I"])).max() <= 2 * lsb
+    assert np.abs(ecg["aVR"] + (ecg["I"] + ecg["II"]) / 2).max() <= 2 * lsb
+    assert np.abs(ecg["aVL"] - (ecg["I"] - ecg["II"] / 2)).max() <= 2 * lsb
+    assert np.abs(ecg["aVF"] - (ecg["II"] - ecg["I"] / 2)).max() <= 2 * lsb
+    assert not record.derived_leads  # all 12 are the cart's, none derived by LASAN
+
+
+@needs_philips
 @pytest.mark.parametrize("variant", ["utf-16", "utf-16-le-no-bom", "1.04", "1.04.01"])
 def test_philips_utf16_and_later_versions_read_the_same(variant: str) -> None:
     text = PHILIPS.read_bytes().decode("utf-8")
