@@ -41,7 +41,7 @@ class IntegrationApp:
     def __init__(self, config: AppConfig, *, scorer_factory: ScorerFactory | None = None) -> None:
         self.config = config
         self.metrics = Metrics(config.metrics.node)
-        self.health = Health()
+        self.health = Health.watching(config)  # /health probes Triton, downstream and the queue disk
         self.queue = open_queue(config.storage)
         self.metrics.watch_queue(self.queue)
         self._scorer_factory = scorer_factory

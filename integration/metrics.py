@@ -11,15 +11,62 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
+import shutil
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-__all__ = ["Metrics", "Health", "MetricsServer"]
+if TYPE_CHECKING:
+    from lasan.integration.config import AppConfig
+
+__all__ = ["Metrics", "Health", "MetricsServer", "Probe", "tcp_probe", "disk_probe"]
+
+# A dependency check: None while the dependency is fine, else what is wrong (no patient data).
+Probe = Callable[[], "str | None"]
+_PROBE_TIMEOUT_S = 2.0
+
+
+def tcp_probe(host: str, port: int, what: str, timeout_s: float = _PROBE_TIMEOUT_S) -> Probe:
+    """Fails while nothing accepts a TCP connection at ``host:port`` (connect, then close at once)."""
+
+    def probe() -> str | None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout_s):
+                return None
+        except OSError as exc:
+            return f"{what} {host}:{port} unreachable: {exc.strerror or type(exc).__name__}"
+
+    return probe
+
+
+def disk_probe(folder: Path, min_free_mb: float) -> Probe:
+    """Fails while ``folder`` (or the nearest existing folder above it) is read-only, not writable or low on space."""
+
+    def probe() -> str | None:
+        path = folder
+        while not path.exists() and path != path.parent:
+            path = path.parent
+        try:
+            if os.statvfs(path).f_flag & os.ST_RDONLY:
+                return f"{path} is on a read-only file system"
+            if not os.access(path, os.W_OK | os.X_OK):
+                return f"{path} is not writable by this process"
+            free = shutil.disk_usage(path).free / 1e6
+        except OSError as exc:
+            return f"{path}: {exc.strerror or exc}"
+        if free < min_free_mb:
+            return f"{free:.0f} MB free at {path}, below {min_free_mb:g} MB (dicom.min_free_disk_mb)"
+        return None
+
+    return probe
+
 
 
 class Metrics:
@@ -80,15 +127,61 @@ class Metrics:
 
 @dataclass
 class Health:
-    """What /health reports; the worker and listener update it."""
+    """What /health reports: the worker and listener update it, ``probes`` check each dependency.
+
+    ``/health`` is "ok" only while every dependency is: the queue reads, Triton answered its
+    last call and accepts connections, the downstream system accepts connections, the queue's
+    disk is writable with space left. :meth:`watching` builds the probes from a configuration.
+    """
 
     triton_reachable: bool | None = None  # None: not tried yet
     last_error: str | None = None
     last_error_at: float | None = None
     started_at: float = field(default_factory=time.time)
+    probes: dict[str, Probe] = field(default_factory=dict)  # dependency name -> check, run at every /health
 
     def error(self, text: str) -> None:
         self.last_error, self.last_error_at = text, time.time()
+
+    @classmethod
+    def watching(cls, config: AppConfig) -> Health:
+        """A Health with probes for ``config``'s Triton server(s), downstream system and queue disk."""
+        health = cls()
+        urls = config.triton.urls or (config.triton.url,)
+        endpoints = [tcp_probe(*_host_port(url), "Triton") for url in urls]
+
+        def triton() -> str | None:
+            if health.triton_reachable is False:
+                return "the last scoring call found Triton unavailable"
+            failures = [f for f in (probe() for probe in endpoints) if f]
+            # Several Tritons (failover): failing only when none of them is reachable.
+            return "; ".join(failures) if len(failures) == len(endpoints) else None
+
+        health.probes["triton"] = triton
+        if config.downstream is not None:
+            health.probes["downstream"] = tcp_probe(config.downstream.host, config.downstream.port, "downstream")
+        storage = config.storage
+        if getattr(storage, "queue_url", None) is None:
+            health.probes["disk"] = disk_probe(storage.queue_db.parent, config.dicom.min_free_disk_mb)
+        else:
+            health.probes["disk"] = disk_probe(storage.outbox, config.dicom.min_free_disk_mb)
+        return health
+
+    def check(self) -> dict[str, dict[str, object]]:
+        """Run every probe: ``{name: {"ok": bool, "detail": text or None}}`` (a probe that raises is failing)."""
+        out: dict[str, dict[str, object]] = {}
+        for name, probe in self.probes.items():
+            try:
+                detail = probe()
+            except Exception as exc:  # noqa: BLE001 - a broken probe is a failing dependency, never a dead /health
+                detail = f"check failed: {type(exc).__name__}: {exc}"
+            out[name] = {"ok": detail is None, "detail": detail}
+        return out
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    host, _, port = url.rpartition(":")
+    return (host.strip("[]") or "localhost", int(port) if port.isdigit() else 8001)
 
 
 class MetricsServer:
@@ -108,18 +201,29 @@ class MetricsServer:
             self._server.close()
             await self._server.wait_closed()
 
-    def health_document(self) -> dict:
+    def _queue_counts(self) -> tuple[dict[str, int], str | None]:
         try:
             counts = self._counts()
             for state, n in counts.items():
                 self._metrics.queue_depth.labels(state).set(n)
+            return counts, None
         except Exception as exc:  # noqa: BLE001 - /health must answer even when the DB is broken
-            counts = {}
             self._health.error(f"queue unreadable: {exc}")
+            return {}, f"queue unreadable: {exc}"
+
+    def health_document(self) -> dict:
+        """The /health JSON; blocking (probes connect and stat), so the server runs it in a thread."""
+        counts, queue_error = self._queue_counts()
         h = self._health
-        ok = bool(counts) and h.triton_reachable is not False
+        dependencies: dict[str, dict[str, object]] = {"queue": {"ok": queue_error is None, "detail": queue_error}}
+        dependencies.update(h.check())
+        if "triton" not in dependencies and h.triton_reachable is False:
+            dependencies["triton"] = {"ok": False, "detail": "the last scoring call found Triton unavailable"}
+        failing = sorted(name for name, dep in dependencies.items() if not dep["ok"])
         return {
-            "status": "ok" if ok else "degraded",
+            "status": "degraded" if failing else "ok",
+            "failing": failing,
+            "dependencies": dependencies,
             "queue": counts,
             "queue_depth": counts.get("received", 0) + counts.get("scored", 0),
             "triton_reachable": h.triton_reachable,
@@ -136,10 +240,10 @@ class MetricsServer:
             if line and line[0] != "GET":
                 status, ctype, body = "405 Method Not Allowed", "text/plain", b"GET only\n"
             elif path.startswith("/metrics"):
-                self.health_document()  # refresh the queue gauges
+                await asyncio.to_thread(self._queue_counts)  # refresh the queue gauges
                 status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, self._metrics.render()
             elif path.startswith("/health"):
-                doc = self.health_document()
+                doc = await asyncio.to_thread(self.health_document)
                 status = "200 OK" if doc["status"] == "ok" else "503 Service Unavailable"
                 ctype, body = "application/json", json.dumps(doc).encode()
             else:
