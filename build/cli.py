@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lasan.build.spec import PROFILES
+from lasan.build.spec import PRECISIONS, PROFILES, RUNTIMES
 
 __all__ = ["configure", "run"]
 
@@ -38,11 +38,39 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="gpu profile: serve TorchScript with pytorch_libtorch even where CUDA is present",
     )
     parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX exports")
+    parser.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default="torchscript",
+        help="cpu profile: what the python backend runs for encoder and fusion: torchscript (default), "
+        "onnxruntime (model.onnx, no torch in the stubs) or torch-export (ExportedProgram model.pt2)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="cpu profile, opt-in: bf16 (torchscript/torch-export) or int8 (onnxruntime, static quantisation) "
+        "for the encoder; refused unless validation AUROC per class stays within 0.005 and probabilities "
+        "within 0.02 of fp32 (needs --data)",
+    )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        help="manifest of the cohort the checkpoint was trained on: int8 calibration (training split) and the "
+        "accuracy gate (validation split) of a bf16/int8 build",
+    )
+    parser.add_argument("--cache", type=Path, help="preprocessed-ECG cache folder for --data (e.g. work/cache)")
 
 
 def run(args: argparse.Namespace) -> int:
     from lasan.build.repository import write_repository
 
+    precision_data = None
+    if args.precision != "fp32" and args.data is not None:
+        from lasan.build.precision import load_precision_data
+        from lasan.checkpoint import load_checkpoint
+
+        precision_data = load_precision_data(args.data, load_checkpoint(args.checkpoint), args.cache)
     report = write_repository(
         args.checkpoint,
         args.out,
@@ -52,6 +80,9 @@ def run(args: argparse.Namespace) -> int:
         fp16=args.fp16,
         engines=args.engines,
         onnx=not args.no_onnx,
+        runtime=args.runtime,
+        precision=args.precision,
+        precision_data=precision_data,
     )
     print(f"wrote {args.profile} repository {report.path}")
     for e in report.exports:

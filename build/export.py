@@ -167,7 +167,9 @@ def export_onnx(
             opset_version=17,
             **kwargs,
         )
-        model = onnx.load_from_string(buf.getvalue())
+        from lasan.build.runtimes import fix_onnx_for_ort
+
+        model = fix_onnx_for_ort(onnx.load_from_string(buf.getvalue()))  # runnable by ONNX Runtime too
         onnx.checker.check_model(model)
     except Exception as exc:  # exporter errors come from many layers (tracer, symbolic, checker)
         msg = f"ONNX export of {type(module).__name__} failed: {type(exc).__name__}: {str(exc).splitlines()[0]}"
@@ -175,7 +177,7 @@ def export_onnx(
         return ExportResult("onnx", None, msg)
     names = ([i.name for i in model.graph.input], [o.name for o in model.graph.output])
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(buf.getvalue())
+    path.write_bytes(model.SerializeToString())
     return ExportResult("onnx", path, "opset 17, dynamic batch axis", details={"inputs": names[0], "outputs": names[1]})
 
 

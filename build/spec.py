@@ -46,6 +46,10 @@ __all__ = [
     "ATTENTION",
     "FUSION_OUTPUTS",
     "PROFILES",
+    "RUNTIMES",
+    "PRECISIONS",
+    "RUNTIME_ARTEFACTS",
+    "SUPPORTED_PRECISIONS",
     "TensorSpec",
     "EnsembleStep",
     "ModelSpec",
@@ -72,6 +76,18 @@ ATTENTION = "attention"  # FP32 [layers, heads, leads, leads]
 FUSION_OUTPUTS: tuple[str, ...] = (PROBABILITIES, IMPORTANCE, AGGREGATOR, ATTENTION)  # ServedLASAN's order
 
 PROFILES: tuple[str, ...] = ("cpu", "gpu", "jetson")
+# How the cpu profile's python backend runs encoder and fusion (docs/performance.md, "Runtimes").
+RUNTIMES: tuple[str, ...] = ("torchscript", "onnxruntime", "torch-export")
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "int8")
+# The file each runtime's python-backend adapter loads from the version folder.
+RUNTIME_ARTEFACTS: dict[str, str] = {"torchscript": "model.pt", "onnxruntime": "model.onnx", "torch-export": "model.pt2"}
+# Which (runtime, precision) pairs exist: bf16 runs through torch (oneDNN uses AMX/AVX512-BF16 where
+# the CPU has them); ONNX Runtime's CPU provider has no bf16 convolutions, so it offers int8 instead.
+SUPPORTED_PRECISIONS: dict[str, tuple[str, ...]] = {
+    "torchscript": ("fp32", "bf16"),
+    "onnxruntime": ("fp32", "int8"),
+    "torch-export": ("fp32", "bf16"),
+}
 
 _DTYPES = {name: value for name, value in pb.DataType.items()}
 
@@ -138,12 +154,29 @@ class BuildOptions:
     fp16: bool = False
     engines: bool = False  # gpu/jetson: TensorRT engines were built, so encoder/fusion are tensorrt_plan
     torch_threads: int = 1  # per python-backend instance: several instances share few cores
+    runtime: str = "torchscript"  # cpu profile: what the python backend runs (RUNTIMES)
+    precision: str = "fp32"  # cpu profile: fp32, or an opt-in lower precision checked by the accuracy gate
 
     def __post_init__(self) -> None:
         from lasan.errors import ConfigError
 
         if self.profile not in PROFILES:
             raise ConfigError(f"profile must be one of {', '.join(PROFILES)}, got {self.profile!r}")
+        if self.runtime not in RUNTIMES:
+            raise ConfigError(f"runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.profile != "cpu" and (self.runtime != "torchscript" or self.precision != "fp32"):
+            raise ConfigError(
+                f"--runtime/--precision choose how the cpu profile's python backend runs the model; the "
+                f"{self.profile} profile serves TorchScript (pytorch_libtorch) or TensorRT engines (use --fp16 there)"
+            )
+        if self.precision not in SUPPORTED_PRECISIONS[self.runtime]:
+            others = [r for r, p in SUPPORTED_PRECISIONS.items() if self.precision in p]
+            raise ConfigError(
+                f"the {self.runtime} runtime has no {self.precision} path on CPU; use --runtime "
+                f"{' or '.join(others)} for {self.precision}"
+            )
         if self.max_batch_size < 1 or self.instances < 1 or self.torch_threads < 1:
             raise ConfigError("max batch size, instances and torch threads must be at least 1")
 
@@ -236,6 +269,9 @@ def repository_spec(
         part_params = {**params, "tensor_inputs": ",".join(in_names), "tensor_outputs": ",".join(out_names)}
         if part_platform == "python":
             part_params["torch_threads"] = str(options.torch_threads)
+            part_params["runtime"] = options.runtime
+            part_params["precision"] = options.precision
+            part_params["model_file"] = RUNTIME_ARTEFACTS[options.runtime]
         parts.append(
             ModelSpec(
                 name,

@@ -20,6 +20,7 @@ clinical IT engineer: what was wrong with the input, and what to do about it.
     ├── ConfigError               a YAML / model / build configuration is invalid
     ├── CheckpointError           a checkpoint file is missing, corrupt or incompatible
     ├── ModelRepositoryError      a Triton model repository or config.pbtxt is invalid
+    │   └── PrecisionGateError        a lower-precision build lost accuracy against fp32 (not written)
     ├── ServerError               the embedded Triton server could not start or stopped
     ├── ScoringError              scoring through Triton failed
     │   └── TritonUnavailableError    the server is unreachable or the model is not ready
@@ -62,6 +63,7 @@ __all__ = [
     "ConfigError",
     "CheckpointError",
     "ModelRepositoryError",
+    "PrecisionGateError",
     "ServerError",
     "ScoringError",
     "TritonUnavailableError",
@@ -177,6 +179,10 @@ class CheckpointError(LasanError):
 
 class ModelRepositoryError(LasanError):
     """A Triton model repository or one of its config.pbtxt files is invalid."""
+
+
+class PrecisionGateError(ModelRepositoryError):
+    """A bf16/int8 build moved validation AUROC or probabilities beyond the gate; nothing was written."""
 
 
 class ServerError(LasanError):

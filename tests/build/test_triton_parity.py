@@ -404,3 +404,81 @@ def test_perf_analyzer_runs_against_the_ensemble(triton_server, tmp_path: Path):
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Throughput:" in proc.stdout and "infer/sec" in proc.stdout, proc.stdout
+
+
+# --- the other cpu runtimes (lasan build --runtime): same parity, through a real Triton ----------------
+
+RUNTIME_CASES = [("onnxruntime", "lasan"), ("onnxruntime", "hybrid"), ("torch-export", "lasan")]
+
+
+def _stub_libraries(server_pid: int) -> dict[int, str]:
+    """``{pid: mapped files}`` of the python-backend stubs the server started (one per model instance)."""
+    out = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+            if int(fields[1]) == server_pid and b"triton_python_backend_stub" in cmdline:
+                out[int(stat.parent.name)] = (stat.parent / "maps").read_text() + cmdline.decode(errors="replace")
+        except (OSError, IndexError, ValueError):
+            continue  # the process ended while we looked
+    return out
+
+
+@pytest.fixture(scope="module", params=RUNTIME_CASES, ids=[f"{r}-{k}" for r, k in RUNTIME_CASES])
+def runtime_case(request, tiny_lasan_checkpoint, tmp_path_factory) -> Iterator[tuple]:
+    runtime, kind = request.param
+    if kind == "lasan":
+        path = tiny_lasan_checkpoint
+    else:
+        calibration = {"method": "vector", "scale": [0.6, 1.4, 0.9], "bias": [0.2, -0.1, 0.0], "fitted_on": "test"}
+        path = make_tiny_checkpoint(
+            tmp_path_factory.mktemp("ckpt") / "hybrid_rt.pt", "hybrid", seed=1, calibration=calibration
+        )
+    name = f"{runtime}-{kind}"
+    repo = write_repository(path, tmp_path_factory.mktemp(name) / "repo", runtime=runtime, onnx=False).path
+    server = TritonServer(
+        repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
+        work_dir=tmp_path_factory.mktemp(f"{name}_triton"),
+    )
+    with server:
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        ckpt = load_checkpoint(path)
+        yield runtime, kind, repo, server, client, ckpt, ckpt.served_model()
+        client.close()
+
+
+def test_runtime_ensemble_matches_checkpoint(runtime_case):
+    runtime, kind, repo, _, client, ckpt, model = runtime_case
+    meta = json.loads((repo / "encoder" / "1" / "metadata.json").read_text())
+    assert meta["runtime"]["runtime"] == runtime and meta["runtime"]["precision"] == "fp32"
+    artefact = {"onnxruntime": "model.onnx", "torch-export": "model.pt2"}[runtime]
+    assert (repo / "encoder" / "1" / artefact).is_file() and not (repo / "encoder" / "1" / "model.pt").exists()
+    for name, signal, fs in ECGS:
+        served = _infer(client, signal, fs)
+        ref = _reference(model, ckpt.config.input, signal, fs)
+        _assert_parity(served, ref, ckpt.info.thresholds, ckpt.config.classes, f"{runtime} {kind} {name}")
+
+
+def test_runtime_batch_in_one_request_equals_single_requests(runtime_case):
+    _, _, _, _, client, _, _ = runtime_case
+    rng = np.random.default_rng(5)
+    batch = np.stack([simple_ecg(rng, 12, 500.0, 6.0) for _ in range(3)])
+    res = client.infer(ENSEMBLE_MODEL, _inputs(batch, np.full((3, 1), 500.0, dtype=np.float32)))
+    for i in range(3):
+        single = _infer(client, batch[i], 500.0)
+        for name in OUTPUTS:
+            np.testing.assert_allclose(res.as_numpy(name)[i], single[name], atol=1e-5, rtol=0, err_msg=name)
+
+
+def test_onnxruntime_stubs_do_not_load_torch(runtime_case):
+    # The point of the ONNX Runtime path on a small box: no stub pays for torch (~250 MB each).
+    runtime, _, _, server, _, _, _ = runtime_case
+    if runtime != "onnxruntime":
+        pytest.skip("only the onnxruntime build promises torch-free stubs")
+    stubs = _stub_libraries(server.pid)
+    assert len(stubs) >= 4, f"expected a stub per python-backend model, found {len(stubs)}"
+    loaded_ort = [pid for pid, maps in stubs.items() if "onnxruntime" in maps]
+    assert len(loaded_ort) >= 2, "encoder and fusion stubs should run ONNX Runtime"
+    with_torch = {pid: maps[-200:] for pid, maps in stubs.items() if "libtorch" in maps}
+    assert not with_torch, f"stubs that loaded torch: {with_torch}"
