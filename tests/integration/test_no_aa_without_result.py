@@ -273,3 +273,123 @@ def test_a_reused_msh10_in_the_watch_folder_goes_to_rejected_with_the_reason(tmp
     assert reasons["c.hl7"] is None  # the same message again: processed (a duplicate, nothing new stored)
     assert reasons["b.hl7"] and "already used for a different message" in reasons["b.hl7"]
     assert queue.counts()["received"] == 1
+
+
+# -- 3. a permanent failure after AA: a "not scored" result, delivered exactly once -----------
+
+
+def _segments(message: str, name: str) -> list[list[str]]:
+    return [s.split("|") for s in message.split("\r") if s.startswith(name + "|")]
+
+
+def _assert_not_scored(result: str, original: str, reason_part: str) -> None:
+    (obr,) = _segments(result, "OBR")
+    assert obr[25] == "X" and obr[20] == original  # table 0123: no results available
+    obx = {f[3].split("^")[0]: f for f in _segments(result, "OBX")}
+    assert obx["ORIG-MSH10"][5] == original
+    assert obx["NOT-SCORED"][11] == "X" and reason_part in obx["NOT-SCORED"][5]  # table 0085
+    assert not any(code.startswith("PROB-") for code in obx)  # no score of any kind
+    (nte,) = _segments(result, "NTE")
+    assert reason_part in nte[3]
+
+
+def _wait_state(queue: DurableQueue, item_id: int, state: str, timeout: float = 30.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while queue.get(item_id).state != state and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert queue.get(item_id).state == state
+
+
+def test_a_stored_message_that_no_longer_reads_gets_a_not_scored_result_downstream_once(tmp_path, downstream):
+    """No scorer at all: the permanent failure is found before scoring; the result goes out by
+    the normal delivery path (outbox file, then the downstream MLLP server) and only once."""
+    import time
+
+    from lasan.integration.config import config_from_dict
+    from lasan.integration.queue import IdempotencyKey
+    from lasan.integration.worker import ResultWorker
+
+    cfg = config_from_dict({"listener": {"port": 0}, "storage": {"queue_db": "q.sqlite", "outbox": "outbox"},
+                            "metrics": {"enabled": False}, "retry": {"initial_s": 0.05, "max_s": 0.2},
+                            "downstream": {"host": "127.0.0.1", "port": downstream.port, "timeout_s": 5}}, tmp_path)
+    queue = DurableQueue(cfg.storage.queue_db)
+    # Stored as it would be after an AA (e.g. by an older version whose reader took it).
+    item_id = queue.enqueue(IdempotencyKey("CART", "WARD7", "GONE-1"), b"MSH|^~\\&|CART|WARD7\rOBX|1|NA|junk",
+                            source="hl7", kind="hl7").item_id
+    worker = ResultWorker(cfg, queue, Metrics(), Health(), poll_interval_s=0.05)
+    thread = worker.start_thread()
+    try:
+        got = downstream.wait_for({"GONE-1"}, timeout=30)
+        _wait_state(queue, item_id, "sent")
+        time.sleep(0.5)  # further passes must not send it again
+    finally:
+        worker.stop()
+        thread.join(20)
+    assert len(downstream.received) == 1
+    (result,) = got["GONE-1"]
+    _assert_not_scored(result, "GONE-1", "stored message does not read")
+    item = queue.get(item_id)
+    assert item.outcome == "not_scored" and "does not read" in (item.last_error or "")
+    assert (cfg.storage.outbox / f"{item.result_control_id}.hl7").read_bytes().decode() == result
+    queue.close()
+
+
+def _strict_repository(work) -> object:
+    """A tiny model whose input contract asks for 4.5 s (the intake's default asks for 2 s; the
+    build's warm-up sample is 5 s): a deployment whose served model refuses ECGs the intake
+    takes. Built and served for real."""
+    import torch
+
+    from lasan.build.repository import write_repository
+    from lasan.checkpoint import CheckpointInfo, save_checkpoint
+    from lasan.models import LASANConfig, build_model
+    from lasan.preprocessing import InputSpec
+
+    torch.manual_seed(0)
+    cfg = LASANConfig(cnn_channels=(8, 16, 16, 32), d_model=32, ff_dim=64, head_hidden=16, n_layers=2,
+                      input=InputSpec(min_duration_s=4.5))
+    ckpt = save_checkpoint(work / "strict.pt", build_model(cfg).eval(),
+                           CheckpointInfo(data_summary={"synthetic": True, "description": "untrained strict test model"}))
+    return write_repository(ckpt, work / "repo", "cpu", max_batch_size=8).path
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_an_ecg_the_served_model_refuses_after_aa_gets_one_not_scored_result(
+        tmp_path, downstream, listener_process, assert_no_phi):
+    import time
+
+    from feedkit import PHI
+
+    from lasan.build.serve import TritonServer, free_port
+    from lasan.formats.sample import sample_ecg
+
+    server = TritonServer(_strict_repository(tmp_path), grpc_port=free_port(), http_port=free_port(),
+                          metrics_port=free_port(), work_dir=tmp_path / "triton", startup_timeout=300)
+    with server:
+        lp = listener_process(server.grpc_url, downstream.port).start()
+        # 3 s: the intake takes it, the served model does not; 10 s: both do.
+        short = oru(dataclasses.replace(sample_ecg(fs=250.0, duration_s=3.0, seed=40), patient=PHI), "THREE-S")
+        ten = oru(small_ecg(seed=41), "TEN-S")
+        answers = {}
+
+        async def send() -> None:
+            async with MLLPClient("127.0.0.1", lp.hl7_port, timeout_s=30) as client:
+                for name, data in (("THREE-S", short), ("TEN-S", ten)):
+                    answers[name] = parse_ack(await client.send(data)).code
+
+        asyncio.run(send())
+        assert answers == {"THREE-S": "AA", "TEN-S": "AA"}
+        downstream.wait_for({"THREE-S", "TEN-S"}, timeout=120)
+        time.sleep(1.5)  # a second delivery would arrive within the retry backoff
+        got = downstream.by_original()
+    assert len(got["THREE-S"]) == 1 and len(got["TEN-S"]) == 1  # exactly once each
+    _assert_not_scored(got["THREE-S"][0], "THREE-S", "at least 4.5 s")
+    assert "PROB-ARVC" in {f[3].split("^")[0] for f in _segments(got["TEN-S"][0], "OBX")}
+    assert PHI.patient_id in _segments(got["THREE-S"][0], "PID")[0][3]  # filed to the right patient
+    lp.terminate()
+    log = lp.log_text()
+    assert "worker.not_scored" in log and "at least 4.5 s" in log
+    assert_no_phi(log)
