@@ -17,6 +17,10 @@ Codes (also in docs/formats.md, "FHIR"):
   (``urn:oid:2.16.840.1.113883.6.24``), ``valueQuantity`` UCUM ``1``.
 * The model name and version are the Observations' ``method.text`` and the report's
   ``conclusion`` names them; the subject is the patient identifier the ECG carried.
+* With an ``identifier`` (the worker passes the result MSH-10), every resource carries
+  ``identifier`` ``urn:lasan:result|<id>`` (Observations ``<id>-<code>``), its entry a
+  conditional create (``ifNoneExist``) and a ``fullUrl`` derived from it: a Bundle POSTed
+  again after a lost answer creates nothing new on the server.
 """
 
 from __future__ import annotations
@@ -30,13 +34,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from lasan.errors import IntegrationError
+from lasan.errors import DeliveryError, IntegrationError
 from lasan.leads import MDC_CODES
 from lasan.record import ECGRecord
 
-__all__ = ["LASAN_CODES", "MDC_SYSTEM", "report_bundle", "write_bundle", "post_bundle"]
+__all__ = ["LASAN_CODES", "MDC_SYSTEM", "RESULT_IDS", "report_bundle", "write_bundle", "post_bundle"]
 
 LASAN_CODES = "urn:lasan:fhir:codes"  # local code system; documented in docs/integration.md
+RESULT_IDS = "urn:lasan:result"  # identifier system of our resources (value: the result MSH-10)
 MDC_SYSTEM = "urn:oid:2.16.840.1.113883.6.24"
 _LOINC = "http://loinc.org"
 _UCUM = "http://unitsofmeasure.org"
@@ -57,6 +62,7 @@ def report_bundle(
     operating_point: str = "screening",
     issued: datetime | None = None,
     bundle_type: str = "transaction",
+    identifier: str | None = None,
 ) -> dict[str, Any]:
     """A validated FHIR R4 Bundle (DiagnosticReport + Observations) for one scored ECG.
 
@@ -64,6 +70,8 @@ def report_bundle(
         score: a :class:`lasan.client.score.Score`.
         record: the ECG that was scored (subject identifier and acquisition time).
         operating_point: which decision the ``decision`` Observation reports.
+        identifier: a stable ID of this result (the result MSH-10): resources get identifiers,
+            conditional creates and stable fullUrls from it (see the module docstring).
 
     Raises:
         IntegrationError: the resources do not validate (a bug: nothing is sent).
@@ -97,8 +105,7 @@ def report_bundle(
                                             "display": MDC_CODES[lead][1]}], "text": lead},
                        "valueQuantity": _fraction(weight)} for lead, weight in score.lead_importance.items()],
     })
-    entries = [{"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": obs,
-                "request": {"method": "POST", "url": "Observation"}} for obs in observations]
+    entries = [_entry(obs, identifier, obs["code"]["coding"][0]["code"]) for obs in observations]
     positives = [cls for cls, positive in decisions.items() if positive]
     report = {
         "resourceType": "DiagnosticReport", "status": "final", "subject": subject, "issued": issued_at, **effective,
@@ -108,14 +115,26 @@ def report_bundle(
         "conclusion": (f"LASAN {score.model_name} {score.model_version}: predicted {score.predicted_class}; "
                        f"{operating_point} positive for {', '.join(positives) or 'none'}. Decision support only."),
     }
-    entries.insert(0, {"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": report,
-                       "request": {"method": "POST", "url": "DiagnosticReport"}})
+    entries.insert(0, _entry(report, identifier, None))
     if bundle_type != "transaction":
         for entry in entries:
             entry.pop("request")
     bundle = {"resourceType": "Bundle", "type": bundle_type, "timestamp": issued_at, "entry": entries}
     _validate(bundle)
     return bundle
+
+
+def _entry(resource: dict[str, Any], identifier: str | None, code: str | None) -> dict[str, Any]:
+    """A transaction entry; with an identifier, a conditional create with a stable fullUrl."""
+    kind = resource["resourceType"]
+    request: dict[str, Any] = {"method": "POST", "url": kind}
+    if identifier is None:
+        return {"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": resource, "request": request}
+    value = identifier if code is None else f"{identifier}-{code}"
+    resource["identifier"] = [{"system": RESULT_IDS, "value": value}]
+    request["ifNoneExist"] = f"identifier={RESULT_IDS}|{value}"
+    return {"fullUrl": f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, f'{RESULT_IDS}:{kind}:{value}')}",
+            "resource": resource, "request": request}
 
 
 def _fhir_datetime(text: str | None) -> str | None:
@@ -154,7 +173,7 @@ def post_bundle(base_url: str, bundle: Mapping[str, Any], *, timeout_s: float = 
     """POST a transaction Bundle to a FHIR server's base URL; the HTTP status on success.
 
     Raises:
-        IntegrationError: the server is unreachable or answered with an error (retry later).
+        DeliveryError: the server is unreachable or answered with an error (retry later).
     """
     request = urllib.request.Request(
         base_url.rstrip("/"), data=json.dumps(bundle).encode(), method="POST",
@@ -164,8 +183,8 @@ def post_bundle(base_url: str, bundle: Mapping[str, Any], *, timeout_s: float = 
         with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310 - configured URL
             return int(response.status)
     except urllib.error.HTTPError as exc:
-        raise IntegrationError(f"the FHIR server at {base_url} refused the result (HTTP {exc.code}); "
+        raise DeliveryError(f"the FHIR server at {base_url} refused the result (HTTP {exc.code}); "
                                "it stays queued and is retried") from exc
     except (urllib.error.URLError, OSError) as exc:
-        raise IntegrationError(f"the FHIR server at {base_url} is unreachable ({exc}); "
+        raise DeliveryError(f"the FHIR server at {base_url} is unreachable ({exc}); "
                                "the result stays queued and is retried") from exc

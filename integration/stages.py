@@ -24,11 +24,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from lasan.errors import ECGFormatError, LasanError, ScoringError, TritonUnavailableError
+from lasan.errors import DeliveryError, ECGFormatError, LasanError, ScoringError, TritonUnavailableError
 from lasan.hl7.ack import AA, parse_ack
 from lasan.hl7.oru import OrderContext
 from lasan.hl7.result import build_not_scored_result, build_result, result_control_id
 from lasan.integration.config import AppConfig, client_ssl_context
+from lasan.integration.deliveries import build_deliveries, send_delivery, targets, wants_pdf
 from lasan.integration.handoff import Handoff, ParsedRecords
 from lasan.integration.intake import read_stored
 from lasan.integration.logs import event
@@ -174,7 +175,7 @@ class ScoringStage:
             self.stale = True
             await self.books.retry(item, "score", f"{type(exc).__name__}: {exc}", ids)
             return
-        pdf = await self._pdf(loaded.record, score, ids) if self.config.scoring.pdf_report else None
+        pdf = await self._pdf(loaded.record, score, ids) if wants_pdf(self.config) else None
         downstream = self.config.downstream
         control_id = result_control_id(item.key.sender_app, item.key.sender_facility, item.key.control_id)
         result = build_result(
@@ -186,9 +187,13 @@ class ScoringStage:
             facility=self.config.listener.facility,
             receiving_application=downstream.application if downstream else "",
             receiving_facility=downstream.facility if downstream else "",
-            pdf_report=pdf,
+            pdf_report=pdf if self.config.scoring.pdf_report else None,
         )
-        await asyncio.to_thread(self.queue.mark_scored, item.id, result, control_id)
+        # PACS/FHIR payloads are built now, from the parsed record, and stored with the result:
+        # retries then send the same objects (same SOP Instance UIDs, same Bundle).
+        deliveries = await asyncio.to_thread(build_deliveries, self.config, loaded.record, loaded.order, score,
+                                             key=item.key, pdf=pdf) if targets(self.config) else {}
+        await asyncio.to_thread(self.queue.mark_scored, item.id, result, control_id, deliveries=deliveries or None)
         self.metrics.node_scored.inc()
         event("worker.scored", logging.INFO, log, result_control_id=control_id, predicted=score.predicted_class,
               model_version=score.model_version, **ids)
@@ -269,6 +274,38 @@ class DeliveryStage:
         self.metrics.node_sent.inc()
         event("worker.sent", logging.INFO, log, attempts=item.attempts + 1, **ids)
         return True
+
+    async def send_deliveries(self, worker_id: str, *, limit: int = 8) -> bool:
+        """Send the due PACS/FHIR deliveries (one at a time); True when any was attempted.
+
+        A failure schedules that delivery again with backoff (``retry`` settings, per delivery),
+        forever: a PACS or FHIR server that is down means queued, never dropped.
+        """
+        due = await asyncio.to_thread(self.queue.lease_deliveries, worker_id, limit=limit,
+                                      lease_s=self.config.storage.lease_s)
+        down: dict[str, str] = {}  # target -> error: the rest of this batch for it is not tried again now
+        for delivery in due:
+            ids: dict[str, Any] = {"item": delivery.item_id, "target": delivery.target,
+                                   "control_id": delivery.key.control_id}
+            try:
+                done = await asyncio.to_thread(send_delivery, self.config, delivery,
+                                               target_down=down.get(delivery.target))
+            except Exception as exc:  # noqa: BLE001 - DeliveryError or unforeseen: keep it queued, retry
+                if not isinstance(exc, DeliveryError):
+                    exc = DeliveryError(f"{type(exc).__name__}: {exc}")
+                down.setdefault(delivery.target, str(exc))
+                r = self.config.retry
+                delay = backoff_delay(delivery.attempts, r.initial_s, r.max_s, r.factor)
+                attempts = await asyncio.to_thread(self.queue.schedule_delivery_retry, delivery.item_id,
+                                                   delivery.target, str(exc), delay)
+                self.metrics.retries.labels(delivery.target).inc()
+                self.books.health.error(f"{delivery.target}: {exc}")
+                event("worker.delivery_retry", logging.WARNING, log, attempts=attempts, delay_s=round(delay, 3),
+                      error=str(exc), **ids)
+                continue
+            await asyncio.to_thread(self.queue.mark_delivered, delivery.item_id, delivery.target)
+            event("worker.delivered", logging.INFO, log, attempts=delivery.attempts + 1, what=done, **ids)
+        return bool(due)
 
     async def close(self) -> None:
         if self._downstream is not None:

@@ -64,6 +64,7 @@ class ResultWorker:
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop run() is on, for wake()/stop()
         self._thread: threading.Thread | None = None
+        self._extras: asyncio.Task | None = None  # PACS/FHIR deliveries, beside the HL7 path (never blocking it)
 
     def wake(self) -> None:
         """Ask the worker to look at the queue now (from any thread)."""
@@ -136,17 +137,30 @@ class ResultWorker:
                     except asyncio.TimeoutError:
                         pass
         finally:
+            if self._extras is not None:
+                await asyncio.gather(self._extras, return_exceptions=True)
             await self.scoring.close()
             await self.delivery.close()
 
     async def run_once(self) -> bool:
         """One pass over the due items; True when something was attempted."""
         limit = max(8, 4 * self.config.scoring.concurrency)
+        self._start_extras()
         items = await asyncio.to_thread(self._lease, limit)
         if not items:
             return False
         await _Pass(self, items, limit).run()
         return True
+
+    def _start_extras(self) -> None:
+        """Send due PACS/FHIR deliveries in a task of their own: a PACS that hangs delays only them."""
+        if self._extras is not None and not self._extras.done():
+            return
+        if self._extras is not None and not self._extras.cancelled() and self._extras.exception() is not None:
+            exc = self._extras.exception()
+            self.health.error(f"deliveries: {exc}")
+            event("worker.error", logging.ERROR, log, exc_type=type(exc).__name__, exc=str(exc))
+        self._extras = asyncio.create_task(self.delivery.send_deliveries(self.worker_id))
 
     def _lease(self, limit: int) -> list[QueueItem]:
         return self.queue.lease(self.worker_id, limit=limit, lease_s=self.config.storage.lease_s)

@@ -87,3 +87,28 @@ def test_bundle_is_written_to_the_outbox_and_posted_to_a_fhir_server(tmp_path):
     with pytest.raises(IntegrationError, match="unreachable"):
         post_bundle(base, bundle, timeout_s=2)
 
+
+
+def test_bundle_with_a_result_identifier_is_idempotent_to_post_again():
+    from fhir.resources.R4B.bundle import Bundle
+
+    from lasan.integration.fhir import RESULT_IDS
+
+    record = sample_ecg(seed=3)
+    first = report_bundle(_score(), record, identifier="LSN0123456789ABCDEF")
+    again = report_bundle(_score(), record, identifier="LSN0123456789ABCDEF")
+    other = report_bundle(_score(), record, identifier="LSNFEDCBA9876543210")
+    Bundle.model_validate(first)
+    urls = [e["fullUrl"] for e in first["entry"]]
+    assert urls == [e["fullUrl"] for e in again["entry"]]  # stable: a re-built bundle links the same way
+    assert not set(urls) & {e["fullUrl"] for e in other["entry"]}
+    for entry in first["entry"]:
+        (ident,) = entry["resource"]["identifier"]
+        assert ident["system"] == RESULT_IDS and ident["value"].startswith("LSN0123456789ABCDEF")
+        # A conditional create: a server that already holds this identifier creates nothing new.
+        assert entry["request"]["ifNoneExist"] == f"identifier={RESULT_IDS}|{ident['value']}"
+    values = [e["resource"]["identifier"][0]["value"] for e in first["entry"]]
+    assert len(set(values)) == len(values)
+    report = first["entry"][0]["resource"]
+    assert report["resourceType"] == "DiagnosticReport" and report["identifier"][0]["value"] == "LSN0123456789ABCDEF"
+    assert {r["reference"] for r in report["result"]} == set(urls[1:])

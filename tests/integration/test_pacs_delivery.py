@@ -1,0 +1,149 @@
+"""PACS and FHIR deliveries from the durable queue: a PACS (real dcmtk storescp) and a FHIR
+server (a real local HTTP server) that are down at first get every result once they are up,
+exactly once per ECG, with the SOP Instance UIDs and the Bundle stored when it was scored."""
+
+from __future__ import annotations
+
+import asyncio
+import http.server
+import io
+import json
+import threading
+import time
+
+import pytest
+from dicom_pacs import StoreSCP, dciodvfy_errors, free_port
+
+from lasan.client.score import Score
+from lasan.formats.dicom import dicom_bytes, read_dicom
+from lasan.formats.sample import sample_ecg
+from lasan.hl7.result import order_from_dicom, result_control_id
+from lasan.integration.config import config_from_dict
+from lasan.integration.deliveries import FHIR, PACS, build_deliveries
+from lasan.integration.metrics import Health, Metrics
+from lasan.integration.pacs import COMPREHENSIVE_SR, ENCAPSULATED_PDF, unpack_objects
+from lasan.integration.queue import IdempotencyKey, open_queue
+from lasan.integration.stages import Bookkeeping, DeliveryStage
+from lasan.leads import MODEL_LEADS
+
+_PDF = b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj 2 0 obj<</Type/Pages/Kids[]/Count 0>>endobj\n%%EOF\n"
+
+
+def _score(p_arvc: float) -> Score:
+    importance = dict(zip(MODEL_LEADS, (0.3, 0.1, 0.2, 0.1, 0.1, 0.1, 0.05, 0.05), strict=True))
+    return Score(
+        probabilities={"control": 0.9 - p_arvc, "ARVC": p_arvc, "LQTS": 0.1}, predicted_class="ARVC",
+        screening={"ARVC": True, "LQTS": False}, confirmation={"ARVC": False, "LQTS": False},
+        thresholds={"screening": {"ARVC": 0.3, "LQTS": 0.4}, "confirmation": {"ARVC": 0.8, "LQTS": 0.9}},
+        lead_importance=importance, model_name="lasan_ensemble", model_version="1-abc", round_trip_ms=3.0,
+    )
+
+
+class FhirServer:
+    """A FHIR base on loopback: answers ``status`` (503 = down) and keeps every accepted Bundle."""
+
+    def __init__(self) -> None:
+        self.status = 503
+        self.accepted: list[dict] = []
+        self.refused = 0
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's name
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if outer.status < 300:
+                    outer.accepted.append(body)
+                else:
+                    outer.refused += 1
+                self.send_response(outer.status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/fhir"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def fhir_server():
+    server = FhirServer()
+    yield server
+    server.close()
+
+
+def test_pacs_and_fhir_down_then_up_each_object_arrives_exactly_once(tmp_path, fhir_server):
+    import pydicom
+
+    pacs = StoreSCP(tmp_path / "pacs", ae_title="PACS", port=free_port())  # not started: the PACS is down
+    config = config_from_dict({
+        "storage": {"queue_db": "q.sqlite", "outbox": "outbox"},
+        "retry": {"initial_s": 0.05, "max_s": 0.2},
+        "pacs": pacs.config_section(timeout_s=3.0),
+        "fhir": {"base_url": fhir_server.url, "timeout_s": 3.0},
+    }, tmp_path)
+    queue = open_queue(config.storage)
+    stage = DeliveryStage(config, Bookkeeping(config, queue, Metrics(), Health()))
+
+    # Two scored ECGs, stored as the scoring stage stores them: one DICOM (its own study), one HL7.
+    dicom_record = read_dicom(dicom_bytes(sample_ecg(seed=1), uid_key="src-1"))
+    inputs = [(IdempotencyKey("MODALITY", "DICOM", str(dicom_record.acquisition.sop_instance_uid)), dicom_record),
+              (IdempotencyKey("CART", "WARD7", "MSG-2"), sample_ecg(seed=2))]
+    stored: dict[str, dict[str, bytes]] = {}
+    for n, (key, record) in enumerate(inputs):
+        item_id = queue.enqueue(key, b"raw", source="hl7", kind="hl7").item_id
+        order = order_from_dicom(key.control_id, key.sender_app, record.patient, accession=f"ACC{n}")
+        deliveries = build_deliveries(config, record, order, _score(0.5 + 0.1 * n), key=key, pdf=_PDF)
+        assert set(deliveries) == {PACS, FHIR}
+        rcid = result_control_id(key.sender_app, key.sender_facility, key.control_id)
+        queue.mark_scored(item_id, "MSH|...", rcid, deliveries=deliveries)
+        stored[rcid] = deliveries
+
+    async def rounds(n: int, pause_s: float = 0.25) -> None:
+        for _ in range(n):
+            await stage.send_deliveries("test-node")
+            await asyncio.sleep(pause_s)
+
+    asyncio.run(rounds(4))
+    assert pacs.received() == [] and fhir_server.accepted == []
+    assert fhir_server.refused >= 2  # tried, refused (503), tried again
+    assert queue.delivery_counts() == {PACS: {"pending": 2, "sent": 0}, FHIR: {"pending": 2, "sent": 0}}
+    # The outbox gets the FHIR bundle whether or not the server takes it.
+    assert sorted(p.name for p in (tmp_path / "outbox").iterdir()) == sorted(f"{r}.fhir.json" for r in stored)
+
+    pacs.start()
+    fhir_server.status = 201
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and queue.delivery_counts()[PACS]["sent"] + \
+                queue.delivery_counts()[FHIR]["sent"] < 4:
+            asyncio.run(rounds(1, 0.1))
+        asyncio.run(rounds(3))  # nothing is sent twice once delivered
+        files = pacs.wait_for(4)
+    finally:
+        pacs.stop()
+    assert queue.delivery_counts() == {PACS: {"pending": 0, "sent": 2}, FHIR: {"pending": 0, "sent": 2}}
+
+    # Exactly once per ECG: 4 files (storescp keeps duplicates apart), the very objects stored at scoring.
+    arrived = [pydicom.dcmread(path) for path in files]
+    assert len(arrived) == 4
+    expected = {str(pydicom.dcmread(io.BytesIO(blob)).SOPInstanceUID)
+                for d in stored.values() for blob in unpack_objects(d[PACS])}
+    assert sorted(str(ds.SOPInstanceUID) for ds in arrived) == sorted(expected)
+    assert sorted(str(ds.SOPClassUID) for ds in arrived) == sorted([COMPREHENSIVE_SR, ENCAPSULATED_PDF] * 2)
+    in_dicom_study = [ds for ds in arrived if ds.StudyInstanceUID == dicom_record.acquisition.study_uid]
+    assert len(in_dicom_study) == 2  # the DICOM ECG's SR and PDF went into its own study
+    for path in files:
+        assert dciodvfy_errors(path) == [], path.name
+    assert sorted(json.dumps(b, sort_keys=True) for b in fhir_server.accepted) == \
+        sorted(json.dumps(json.loads(d[FHIR]), sort_keys=True) for d in stored.values())
+    reports = [e["resource"] for b in fhir_server.accepted for e in b["entry"]
+               if e["resource"]["resourceType"] == "DiagnosticReport"]
+    assert sorted(r["identifier"][0]["value"] for r in reports) == sorted(stored)
+    queue.close()
