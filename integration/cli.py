@@ -88,6 +88,12 @@ class IntegrationApp:
             self.watch.prepare()
             self._tasks.append(asyncio.create_task(self.watch.run(), name="watch"))
             self._parts.append(self.watch)
+        from lasan.integration.retention import RetentionJob
+
+        # Patient data is kept only for storage.retention_days (docs/privacy.md).
+        self.retention = RetentionJob(cfg, self.queue, on_error=self.health.error)
+        self._tasks.append(asyncio.create_task(self.retention.run(), name="retention"))
+        self._parts.append(self.retention)
         if cfg.metrics.enabled:
             self.metrics_server = MetricsServer(self.metrics, self.health, self.queue.counts)
             self.ports["metrics"] = await self.metrics_server.start(cfg.metrics.host, cfg.metrics.port)

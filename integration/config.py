@@ -134,6 +134,9 @@ class StorageConfig:
     queue_url: str | None = None
     # A worker's claim on an item; when its node dies, another node takes the item after this long.
     lease_s: float = 120.0
+    # Delivered items (their messages and results: patient data), outbox files and watch-folder
+    # processed/ and rejected/ files are deleted this many days after they finished (docs/privacy.md); 0: never.
+    retention_days: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -448,6 +451,7 @@ def config_from_dict(data: Any, base_dir: str | Path = ".") -> AppConfig:
     storage = StorageConfig(
         queue_db=s.path_("queue_db", std.queue_db) or std.queue_db, outbox=s.path_("outbox", std.outbox) or std.outbox,
         queue_url=queue_url, lease_s=s.number("lease_s", std.lease_s, 1.0),
+        retention_days=s.number("retention_days", std.retention_days),
     )
     s.done()
 

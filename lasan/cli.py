@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("lasan.build.serve", "start the embedded Triton server on a model repository"),
     "score": ("lasan.client.cli", "score ECG files through Triton"),
     "listen": ("lasan.integration.cli", "run the HL7 MLLP listener / DICOM receiver / watch folder"),
+    "queue": ("lasan.integration.queue_cli", "list, show, re-queue and purge the listener's queued items"),
     "bench": ("lasan.benchmarks.cli", "run the benchmarks and print the results table"),
     "demo": ("lasan.demo", "the end-to-end demo: synthesise, train, build, serve, score"),
 }
