@@ -1,4 +1,5 @@
-"""A real PACS for tests: dcmtk's ``storescp`` as a subprocess on a free loopback port.
+"""Real result receivers for tests: dcmtk's ``storescp`` as a PACS on a free loopback port,
+and a FHIR base (``FhirServer``: a local HTTP server).
 
 Import by name (like ``testkit``)::
 
@@ -15,20 +16,27 @@ again (``stop()`` then ``start()`` keeps the port: "the PACS was down, now it is
 Every received object is kept as its own file (``+uf``), so an object sent twice shows up
 twice. ``dciodvfy_errors(path)`` runs dicom3tools' IOD validator and returns its ``Error``
 lines (``pytest.skip`` with the reason when dciodvfy is not installed).
+
+``FhirServer()``: ``.url`` is a FHIR base on loopback; ``.status`` is what it answers (503 =
+down, 201 = accepted); ``.accepted`` holds every Bundle it took, ``.refused`` counts the others;
+``close()``.
 """
 
 from __future__ import annotations
 
+import http.server
+import json
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-__all__ = ["StoreSCP", "free_port", "dciodvfy_errors", "require_storescp"]
+__all__ = ["StoreSCP", "FhirServer", "free_port", "dciodvfy_errors", "require_storescp"]
 
 
 def free_port() -> int:
@@ -149,3 +157,35 @@ class StoreSCP:
         import pydicom
 
         return [pydicom.dcmread(path) for path in self.received()]
+
+
+class FhirServer:
+    """A FHIR base on loopback: answers ``status`` (503 = down) and keeps every accepted Bundle."""
+
+    def __init__(self) -> None:
+        self.status = 503
+        self.accepted: list[dict] = []
+        self.refused = 0
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's name
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if outer.status < 300:
+                    outer.accepted.append(body)
+                else:
+                    outer.refused += 1
+                self.send_response(outer.status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/fhir"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

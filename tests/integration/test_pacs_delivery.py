@@ -5,14 +5,12 @@ exactly once per ECG, with the SOP Instance UIDs and the Bundle stored when it w
 from __future__ import annotations
 
 import asyncio
-import http.server
 import io
 import json
-import threading
 import time
 
 import pytest
-from dicom_pacs import StoreSCP, dciodvfy_errors, free_port
+from dicom_pacs import FhirServer, StoreSCP, dciodvfy_errors, free_port
 
 from lasan.client.score import Score
 from lasan.formats.dicom import dicom_bytes, read_dicom
@@ -37,38 +35,6 @@ def _score(p_arvc: float) -> Score:
         thresholds={"screening": {"ARVC": 0.3, "LQTS": 0.4}, "confirmation": {"ARVC": 0.8, "LQTS": 0.9}},
         lead_importance=importance, model_name="lasan_ensemble", model_version="1-abc", round_trip_ms=3.0,
     )
-
-
-class FhirServer:
-    """A FHIR base on loopback: answers ``status`` (503 = down) and keeps every accepted Bundle."""
-
-    def __init__(self) -> None:
-        self.status = 503
-        self.accepted: list[dict] = []
-        self.refused = 0
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 - http.server's name
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                if outer.status < 300:
-                    outer.accepted.append(body)
-                else:
-                    outer.refused += 1
-                self.send_response(outer.status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/fhir"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
