@@ -45,7 +45,7 @@ from lasan.hl7.result import order_from_dicom
 from lasan.integration.handoff import Handoff, ParsedRecords
 from lasan.integration.logs import event
 from lasan.integration.metrics import Health, Metrics
-from lasan.integration.queue import DurableQueue, IdempotencyKey
+from lasan.integration.queue import IdempotencyKey, Queue
 from lasan.validation import ParsedInput, Reading
 
 __all__ = ["Source", "Accepted", "Refused", "Outcome", "Parser", "Intake", "order_for", "read_stored", "hl7_digest",
@@ -203,7 +203,7 @@ class Intake:
 
     def __init__(
         self,
-        queue: DurableQueue,
+        queue: Queue,
         metrics: Metrics,
         health: Health,
         *,

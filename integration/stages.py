@@ -36,7 +36,7 @@ from lasan.integration.logs import event
 from lasan.integration.metrics import Health, Metrics
 from lasan.integration.mllp import MLLPClient
 from lasan.integration.private import private_dir, write_private
-from lasan.integration.queue import DurableQueue, QueueItem
+from lasan.integration.queue import Queue, QueueItem
 from lasan.record import ECGRecord
 
 __all__ = ["AsyncScorer", "ScorerFactory", "Bookkeeping", "ScoringStage", "DeliveryStage", "backoff_delay"]
@@ -76,7 +76,7 @@ def _write_atomic(folder: Path, name: str, text: str) -> Path:
 class Bookkeeping:
     """Retry with backoff, or fail for good; both recorded in the queue, the metrics and the log."""
 
-    def __init__(self, config: AppConfig, queue: DurableQueue, metrics: Metrics, health: Health) -> None:
+    def __init__(self, config: AppConfig, queue: Queue, metrics: Metrics, health: Health) -> None:
         self.config, self.queue, self.metrics, self.health = config, queue, metrics, health
 
     async def retry(self, item: QueueItem, stage: str, error: str, ids: dict[str, Any]) -> None:

@@ -414,8 +414,11 @@ class DurableQueue:
         n = self._run("purge items", fn)
         if n:
             # The old pages (zeroed by secure_delete) also leave the WAL file.
-            with self._lock, _storage_errors("checkpoint after a purge"):
-                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            with self._lock:
+                try:
+                    self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                except sqlite3.Error as exc:
+                    raise QueueStorageError(f"the durable queue could not checkpoint after a purge: {exc}") from exc
         return n
 
     def oldest_lease_age_s(self, now: float | None = None) -> float | None:
@@ -456,17 +459,3 @@ def _update(db: sqlite3.Connection, item_id: int, what: str, assignments: str, p
     if cur.rowcount != 1:
         raise QueueStorageError(f"queue item {item_id} is not in state {'/'.join(expect_states)}; refusing to {what}")
 
-
-class _storage_errors:
-    """``with _storage_errors(what):`` turns an sqlite3 error into a QueueStorageError."""
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
-        if isinstance(exc, sqlite3.Error):
-            raise QueueStorageError(f"the durable queue could not {self.what}: {exc}") from exc
-        return False
