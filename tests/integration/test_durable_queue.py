@@ -118,3 +118,74 @@ def test_due_after_id_lists_only_what_arrived_since(tmp_path):
     assert [i.id for i in q.due()] == [first, second]
     assert [i.id for i in q.due(after_id=first)] == [second]
     assert q.due(after_id=second) == []
+
+
+def _version_0_file(path):
+    """A queue file as LASAN wrote it before the schema was versioned (user_version 0)."""
+    from lasan.integration.queue.sqlite import _MIGRATIONS
+
+    db = sqlite3.connect(str(path))
+    for statement in _MIGRATIONS[0]:
+        db.execute(statement)
+    db.execute("INSERT INTO items (sender_app, sender_facility, control_id, source, kind, raw, ack, state, result, "
+               "result_control_id, received_at, scored_at, sent_at) "
+               "VALUES ('CART', 'WARD', 'OLD-SENT', 'hl7', 'hl7', x'01', 'ACK-OLD', 'sent', 'R', 'L1', 1, 2, 3)")
+    db.execute("INSERT INTO items (sender_app, sender_facility, control_id, source, kind, raw, ack, state, result, "
+               "result_control_id, received_at, scored_at) "
+               "VALUES ('CART', 'WARD', 'OLD-SCORED', 'hl7', 'hl7', x'02', 'ACK-2', 'scored', 'R2', 'L2', 1, 2)")
+    db.commit()
+    db.close()
+
+
+def test_an_old_file_is_migrated_in_place_and_keeps_its_items(tmp_path):
+    from lasan.integration.queue.sqlite import SCHEMA_VERSION
+
+    path = tmp_path / "q.sqlite"
+    _version_0_file(path)
+    q = DurableQueue(path)
+    assert q._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    old = {i.key.control_id: i for i in q.items()}
+    assert (old["OLD-SENT"].state, old["OLD-SENT"].outcome, old["OLD-SENT"].ack) == ("sent", "scored", "ACK-OLD")
+    assert q.enqueue(IdempotencyKey("CART", "WARD", "OLD-SENT"), b"x", source="hl7", kind="hl7",
+                     digest="new").ack == "ACK-OLD"  # no digest stored: a re-send, not a conflict
+    # The scored one is still delivered, with the text stored before the upgrade.
+    assert [(i.key.control_id, i.result) for i in q.lease("w", limit=5, lease_s=60)] == [("OLD-SCORED", "R2")]
+    assert q.purge(0) == 1  # sent before the upgrade: its retention clock started at sent_at
+    q.close()
+    assert DurableQueue(path).counts()["scored"] == 1  # opening again changes nothing
+
+
+def test_a_file_from_a_newer_lasan_is_refused(tmp_path):
+    path = tmp_path / "q.sqlite"
+    DurableQueue(path).close()
+    db = sqlite3.connect(str(path))
+    db.execute("PRAGMA user_version=99")
+    db.commit()
+    db.close()
+    with pytest.raises(QueueStorageError, match="newer than this LASAN"):
+        DurableQueue(path)
+
+
+def test_leases_of_a_dead_process_are_void_when_the_file_is_opened_again(tmp_path):
+    path = tmp_path / "q.sqlite"
+    q = DurableQueue(path)
+    item = q.enqueue(KEY, b"raw", source="hl7", kind="hl7").item_id
+    assert len(q.lease("host:111", limit=5, lease_s=3600)) == 1
+    q.close()  # the listener was killed holding the lease
+    again = DurableQueue(path)
+    assert [i.id for i in again.lease("host:222", limit=5, lease_s=3600)] == [item]  # resumes at once
+
+
+def test_a_purged_message_leaves_no_patient_data_in_the_files(tmp_path):
+    path = tmp_path / "q.sqlite"
+    q = DurableQueue(path)
+    marker = b"PID|||MRN-7741^^^HOSP||DOE^JANE-PURGE-MARKER"
+    item = q.enqueue(KEY, marker * 20, source="hl7", kind="hl7").item_id
+    q.mark_scored(item, (marker * 5).decode(), "LSN1", deliveries={"pacs": marker * 3})
+    q.mark_sent(item)
+    q.mark_delivered(item, "pacs")
+    assert q.purge(0, now=9e12) == 1
+    # Read while the queue is still open (closing would checkpoint the WAL anyway).
+    files = [p for p in tmp_path.iterdir() if p.name.startswith("q.sqlite")]
+    assert files and not any(b"JANE-PURGE-MARKER" in p.read_bytes() for p in files)
+    q.close()
