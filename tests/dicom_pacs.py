@@ -11,7 +11,8 @@ Import by name (like ``testkit``)::
         files = pacs.wait_for(2)                            # Paths of what arrived
         datasets = pacs.datasets()                          # parsed with pydicom
 
-``StoreSCP(folder, ae_title="PACS", port=None)``: ``start()`` / ``stop()`` can be called
+``StoreSCP(folder, ae_title="PACS", port=None, tls=None)`` (``tls=(key_file, cert_file)``:
+DICOM TLS): ``start()`` / ``stop()`` can be called
 again (``stop()`` then ``start()`` keeps the port: "the PACS was down, now it is up").
 Every received object is kept as its own file (``+uf``), so an object sent twice shows up
 twice. ``dciodvfy_errors(path)`` runs dicom3tools' IOD validator and returns its ``Error``
@@ -66,8 +67,10 @@ def dciodvfy_errors(path: str | Path) -> list[str]:
 class StoreSCP:
     """dcmtk ``storescp`` writing every object it receives into ``folder``."""
 
-    def __init__(self, folder: str | Path, *, ae_title: str = "PACS", port: int | None = None) -> None:
+    def __init__(self, folder: str | Path, *, ae_title: str = "PACS", port: int | None = None,
+                 tls: tuple[Path, Path] | None = None) -> None:
         self.folder = Path(folder)
+        self.tls = tls  # (key file, certificate file): DICOM TLS, peer certificate not required
         self.ae_title = ae_title
         self.port = port or free_port()
         self.host = "127.0.0.1"
@@ -86,8 +89,9 @@ class StoreSCP:
         self.folder.mkdir(parents=True, exist_ok=True)
         self._log = open(self.folder.parent / f"storescp-{self.port}.log", "ab")  # noqa: SIM115 - closed in stop()
         # +uf: a unique file per received object, so a duplicate delivery is visible as a second file.
+        tls = ["+tls", str(self.tls[0]), str(self.tls[1]), "-ic"] if self.tls else []
         self._proc = subprocess.Popen(
-            [exe, "-aet", self.ae_title, "-od", str(self.folder), "+uf", "-v", str(self.port)],
+            [exe, "-aet", self.ae_title, "-od", str(self.folder), "+uf", "-v", *tls, str(self.port)],
             stdout=self._log, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + timeout_s

@@ -208,3 +208,29 @@ def test_c_store_to_a_pacs_that_is_down_rejects_us_or_refuses_raises_delivery_er
             store(objects, full)
     finally:
         server.shutdown()
+
+
+def test_c_store_over_dicom_tls(tmp_path):
+    if not shutil.which("openssl"):
+        pytest.skip("openssl is not installed (Debian package openssl, in the Makefile's APT_PACKAGES)")
+
+    def self_signed(name: str):
+        cert, key = tmp_path / f"{name}.crt", tmp_path / f"{name}.key"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={name}",
+                        "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                       check=True, capture_output=True, timeout=60)
+        return cert, key
+
+    (cert, key), (other, _) = self_signed("pacs"), self_signed("other")
+    objects = pacs_objects(sample_ecg(seed=7), _score(), uid_key="tls", pdf=_PDF)
+    with StoreSCP(tmp_path / "pacs", tls=(key, cert)) as pacs:
+        trusted = config_from_dict({"pacs": pacs.config_section(tls={"ca_file": str(cert)})}, tmp_path).pacs
+        untrusted = config_from_dict({"pacs": pacs.config_section(tls={"ca_file": str(other)})}, tmp_path).pacs
+        plain = config_from_dict({"pacs": pacs.config_section()}, tmp_path).pacs
+        assert trusted is not None and untrusted is not None and plain is not None
+        assert [code for _, code in store(objects, trusted).statuses] == [0, 0]
+        assert len(pacs.wait_for(2)) == 2
+        for wrong in (untrusted, plain):  # a certificate we do not trust; no TLS at all
+            with pytest.raises(DeliveryError):
+                store(objects, wrong)
+        assert len(pacs.received()) == 2
