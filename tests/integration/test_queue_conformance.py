@@ -265,3 +265,17 @@ def test_reopen_resumes(opened):
     assert set(due) == {a, b}
     assert due[b].state == "scored" and due[b].result == "RESULT-B"  # a resend uses the stored text
     assert q2.enqueue(KEY, b"again", source="hl7", kind="hl7").ack == "A"
+
+
+def test_storage_queue_url_is_read_from_the_yaml_and_checked(tmp_path):
+    from lasan.errors import ConfigError
+    from lasan.integration.config import config_from_dict
+
+    cfg = config_from_dict({"storage": {"queue_url": "postgresql://lasan@db.example.org/lasan", "lease_s": 5}}, tmp_path)
+    assert (cfg.storage.queue_url, cfg.storage.lease_s) == ("postgresql://lasan@db.example.org/lasan", 5.0)
+    assert config_from_dict({}, tmp_path).storage.queue_url is None  # default: the SQLite file
+    with pytest.raises(ConfigError, match="storage.queue_url") as err:
+        config_from_dict({"storage": {"queue_url": "mysql://lasan:s3cret@db/lasan"}}, tmp_path)
+    assert "s3cret" not in str(err.value)
+    with pytest.raises(ConfigError, match="storage.lease_s"):
+        config_from_dict({"storage": {"lease_s": 0}}, tmp_path)
