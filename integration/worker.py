@@ -21,6 +21,7 @@ import threading
 from collections.abc import Callable
 
 from lasan.integration.config import AppConfig
+from lasan.integration.deliveries import targets
 from lasan.integration.handoff import ParsedRecords
 from lasan.integration.logs import event
 from lasan.integration.metrics import Health, Metrics
@@ -154,8 +155,8 @@ class ResultWorker:
 
     def _start_extras(self) -> None:
         """Send due PACS/FHIR deliveries in a task of their own: a PACS that hangs delays only them."""
-        if self._extras is not None and not self._extras.done():
-            return
+        if not targets(self.config) or (self._extras is not None and not self._extras.done()):
+            return  # no pacs:/fhir: section, no query each poll (deliveries stored before wait for it)
         if self._extras is not None and not self._extras.cancelled() and self._extras.exception() is not None:
             exc = self._extras.exception()
             self.health.error(f"deliveries: {exc}")
