@@ -97,7 +97,7 @@ class Bookkeeping:
         """
         key = item.key
         order = order or OrderContext(key.control_id, key.sender_app, key.sender_facility)
-        control_id = result_control_id(key.sender_app, key.sender_facility, key.control_id)
+        control_id = result_control_id(key.sender_app, key.sender_facility, key.control_id, not_scored=True)
         downstream = self.config.downstream
         result = build_not_scored_result(
             order, error, control_id=control_id, application=self.config.listener.application,

@@ -96,9 +96,14 @@ def _iso_to_hl7(iso: str | None) -> str:
     return digits[:14]
 
 
-def result_control_id(sender_app: str, sender_facility: str, control_id: str) -> str:
-    """A result MSH-10 that is the same for every attempt at one original message (ST(20))."""
-    digest = hashlib.sha256(f"{sender_app}|{sender_facility}|{control_id}".encode()).hexdigest()
+def result_control_id(sender_app: str, sender_facility: str, control_id: str, *, not_scored: bool = False) -> str:
+    """A result MSH-10 that is the same for every attempt at one original message (ST(20)).
+
+    A "not scored" result gets its own (``not_scored``): when the item is re-queued and scored
+    later, the score is a new message to a receiver that drops repeated MSH-10s.
+    """
+    key = f"{sender_app}|{sender_facility}|{control_id}" + ("|not-scored" if not_scored else "")
+    digest = hashlib.sha256(key.encode()).hexdigest()
     return "LSN" + digest[:17].upper()
 
 

@@ -24,6 +24,7 @@ from lasan.client.request import wire_ecg
 from lasan.errors import LasanError
 from lasan.formats.dicom import dicom_bytes
 from lasan.hl7.ack import parse_ack
+from lasan.hl7.result import result_control_id
 from lasan.integration.config import DicomConfig, ListenerConfig, WatchConfig
 from lasan.integration.dicom_receiver import DicomReceiver
 from lasan.integration.intake import Intake
@@ -267,9 +268,9 @@ def test_a_reused_sop_instance_uid_gets_0111_and_an_unchanged_resend_success(tmp
 
 def test_a_reused_msh10_in_the_watch_folder_goes_to_rejected_with_the_reason(tmp_path):
     queue = DurableQueue(tmp_path / "q.sqlite")
-    assert _watch(tmp_path, {"a.hl7": oru(small_ecg(seed=34), "W-1")}, queue) == {"a.hl7": None}
-    reasons = _watch(tmp_path, {"b.hl7": oru(small_ecg(seed=35), "W-1"),
-                                "c.hl7": _msh(oru(small_ecg(seed=34), "W-1"), 6, "20300101")}, queue)
+    first = oru(small_ecg(seed=34), "W-1")  # built once: its OBR-7 / OBX-14 carry the time it was built
+    assert _watch(tmp_path, {"a.hl7": first}, queue) == {"a.hl7": None}
+    reasons = _watch(tmp_path, {"b.hl7": oru(small_ecg(seed=35), "W-1"), "c.hl7": _msh(first, 6, "20300101")}, queue)
     assert reasons["c.hl7"] is None  # the same message again: processed (a duplicate, nothing new stored)
     assert reasons["b.hl7"] and "already used for a different message" in reasons["b.hl7"]
     assert queue.counts()["received"] == 1
@@ -332,6 +333,10 @@ def test_a_stored_message_that_no_longer_reads_gets_a_not_scored_result_downstre
     _assert_not_scored(result, "GONE-1", "stored message does not read")
     item = queue.get(item_id)
     assert item.outcome == "not_scored" and "does not read" in (item.last_error or "")
+    # Its own MSH-10, the same on every attempt, and not the one a later score (after a
+    # re-queue) gets: a receiver that drops repeated MSH-10s still takes that score.
+    assert result.split("\r")[0].split("|")[9] == item.result_control_id == result_control_id(
+        "CART", "WARD7", "GONE-1", not_scored=True) != result_control_id("CART", "WARD7", "GONE-1")
     assert (cfg.storage.outbox / f"{item.result_control_id}.hl7").read_bytes().decode() == result
     queue.close()
 
