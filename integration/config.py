@@ -523,8 +523,8 @@ def server_ssl_context(tls: TLSConfig) -> ssl.SSLContext:
     return ctx
 
 
-def client_ssl_context(tls: TLSConfig) -> ssl.SSLContext:
-    """An SSL context for connecting to a TLS peer (downstream results).
+def client_ssl_context(tls: TLSConfig, where: str = "downstream.tls") -> ssl.SSLContext:
+    """An SSL context for connecting to a TLS peer (downstream results; ``where`` names the config key).
 
     Raises:
         ConfigError: the CA or client certificate cannot be loaded.
@@ -535,5 +535,5 @@ def client_ssl_context(tls: TLSConfig) -> ssl.SSLContext:
         if tls.cert_file:
             ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
     except (ssl.SSLError, OSError) as exc:
-        raise ConfigError(f"downstream.tls: cannot load certificates: {exc}") from exc
+        raise ConfigError(f"{where}: cannot load certificates: {exc}") from exc
     return ctx

@@ -48,7 +48,7 @@ def store(objects: Sequence[bytes], pacs: PacsConfig) -> StoreReport:
     for sop_class in sorted({str(ds.SOPClassUID) for ds in datasets}):
         ae.add_requested_context(sop_class, list(_TRANSFER_SYNTAXES))
     where = f"the PACS {pacs.called_ae} at {pacs.host}:{pacs.port}"
-    tls_args = (client_ssl_context(pacs.tls), pacs.host) if pacs.tls is not None else None
+    tls_args = (client_ssl_context(pacs.tls, "pacs.tls"), pacs.host) if pacs.tls is not None else None
     # pynetdicom logs every PDU at INFO/DEBUG; what matters is reported by the caller.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     try:
