@@ -69,7 +69,8 @@ def msh10(message: str) -> str:
 class Downstream:
     """A downstream MLLP server: records every result and answers AA (or AE / nothing when told)."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
+        self.port = port  # 0: any free port (a fixed one lets a test bring "the same" system back)
         self.received: list[str] = []
         self.mode = "AA"  # AA | AE | close
         self._lock = threading.Lock()
@@ -83,7 +84,7 @@ class Downstream:
         asyncio.set_event_loop(self._loop)
 
         async def start() -> None:
-            self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+            self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
             self.port = self._server.sockets[0].getsockname()[1]
 
         self._loop.run_until_complete(start())

@@ -1,0 +1,414 @@
+"""Soak the feed path: a long HL7 stream through ``lasan listen`` under faults; count what got lost.
+
+    .venv/bin/python scripts/soak.py                                 # 10,000 messages, 100 listener SIGKILLs,
+                                                                     # 10 Triton kills, 3 downstream outages
+    .venv/bin/python scripts/soak.py --messages 600 --kills 10 --triton-kills 2 --downstream-outages 1   # smoke
+
+Everything is real and on loopback: a Triton server (a tiny seeded LASAN unless ``--checkpoint``),
+``lasan listen`` as its own process, a downstream MLLP system that records every result
+(tests/integration/feedkit.py), and a sender that behaves like a hospital interface engine:
+one message at a time, random pauses, a resend of the un-ACKed message after any connection
+failure, and a later resend of a message answered AE (so every message is eventually ACKed AA).
+
+Faults, spread at random over the stream (``--seed``):
+
+- the listener SIGKILLed ``--kills`` times (sometimes mid-message) and restarted on the same queue;
+- Triton's process group SIGKILLed ``--triton-kills`` times, restarted a few seconds later;
+- the downstream system gone (connection refused) ``--downstream-outages`` times for ``--outage-s``;
+- with root (a size-limited tmpfs holds the queue): a read-only and a full file system at start
+  (``lasan listen`` must refuse to start, or answer AE, never AA) and mid-stream (AE, never AA).
+
+The contract: every AA has exactly one distinct result downstream (lost = 0, duplicated = 0;
+a result re-delivered after a kill is the same message again and counted apart). The figures
+go to stdout and to a generated Markdown file (``--docs``, default docs/reliability-soak.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "tests" / "integration"), str(ROOT / "tests")]
+
+from feedkit import Downstream, ListenerProcess, free_port, msh10, obx_values, oru, small_ecg  # noqa: E402
+
+from lasan.hl7.ack import parse_ack  # noqa: E402
+from lasan.integration.mllp import MLLPDecoder, frame  # noqa: E402
+
+
+@dataclass
+class Tally:
+    sent: int = 0  # distinct messages
+    attempts: int = 0  # frames written, resends included
+    aa: set[str] = field(default_factory=set)
+    not_aa: int = 0  # AE / AR answers (each resent later)
+    not_aa_during_faults: int = 0
+    aa_during_faults: list[str] = field(default_factory=list)  # AA while the queue's file system was full / read-only
+    kills: int = 0
+    triton_kills: int = 0
+    outages: int = 0
+    start_checks: dict[str, str] = field(default_factory=dict)
+
+
+class Sender:
+    """One persistent MLLP connection; reconnects (waiting for a restarted listener) on any failure."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.sock: socket.socket | None = None
+
+    def close(self) -> None:
+        if self.sock is not None:
+            with contextlib.suppress(OSError):
+                self.sock.close()
+        self.sock = None
+
+    def send(self, message: bytes, timeout: float = 60.0) -> str:
+        """The ACK code for ``message``; raises OSError / TimeoutError on a connection failure."""
+        if self.sock is None:
+            self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+        self.sock.settimeout(timeout)
+        try:
+            self.sock.sendall(frame(message))
+            decoder = MLLPDecoder()
+            while True:
+                data = self.sock.recv(65536)
+                if not data:
+                    raise ConnectionResetError("listener closed the connection")
+                blocks = decoder.feed(data)
+                if blocks:
+                    return parse_ack(blocks[0].decode("latin-1")).code
+        except BaseException:
+            self.close()
+            raise
+
+
+class FaultFS:
+    """A size-limited tmpfs for the queue (root only): made full or read-only on demand."""
+
+    def __init__(self, path: Path, size_mb: int) -> None:
+        self.path = path
+        path.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m,mode=0700", "tmpfs", str(path)], check=True,
+                       capture_output=True)
+        self.filler = path / "filler.bin"
+
+    @staticmethod
+    def available() -> bool:
+        return os.geteuid() == 0 and bool(subprocess.run(["which", "mount"], capture_output=True).stdout)
+
+    def read_only(self, on: bool) -> None:
+        subprocess.run(["mount", "-o", f"remount,{'ro' if on else 'rw'}", str(self.path)], check=True,
+                       capture_output=True)
+
+    def fill(self) -> None:
+        for block in (1 << 20, 4096):  # then the last bytes
+            with open(self.filler, "ab", buffering=0) as f, contextlib.suppress(OSError):
+                while True:
+                    f.write(b"\0" * block)
+
+    def unfill(self) -> None:
+        self.filler.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            self.read_only(False)
+        subprocess.run(["umount", "-l", str(self.path)], capture_output=True)
+
+
+def _kill_triton(server) -> None:  # type: ignore[no-untyped-def]
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.pid, signal.SIGKILL)  # tritonserver and its python-backend stubs
+    server._process.wait(30)
+    server._process = None
+
+
+def _build_repository(work: Path, checkpoint: str | None) -> Path:
+    from lasan.build.repository import write_repository
+
+    repo = work / "model_repository"
+    if (repo / "lasan" / "config.pbtxt").is_file():
+        return repo
+    if checkpoint is None:
+        from testkit import make_tiny_checkpoint
+
+        checkpoint = str(make_tiny_checkpoint(work / "tiny_lasan.pt", "lasan"))
+    return write_repository(Path(checkpoint), repo, "cpu", max_batch_size=8).path
+
+
+def _start_checks(tally: Tally, fs: FaultFS, config: dict, work: Path) -> None:
+    """Read-only and full queue file system at start: refuse to start, or start and never AA."""
+    for name, make, undo in (("read-only queue at start", lambda: fs.read_only(True), lambda: fs.read_only(False)),
+                             ("full disk at start", fs.fill, fs.unfill)):
+        make()
+        folder = work / name.replace(" ", "-")
+        folder.mkdir(exist_ok=True)
+        lp = ListenerProcess(config, folder)
+        try:
+            lp.start(timeout=30)
+        except AssertionError as exc:
+            said = str(exc).splitlines()
+            reason = next((line for line in said if "error" in line), said[0])
+            tally.start_checks[name] = f"refused to start ({reason.strip()[:200]})"
+            undo()
+            continue
+        try:  # it started: then it must not answer AA
+            code = Sender(lp.hl7_port).send(oru(small_ecg(seed=0, fs=100.0), f"START-{len(tally.start_checks)}"))
+            tally.start_checks[name] = f"started, answered {code}" + ("" if code != "AA" else " (VIOLATION)")
+        except OSError as exc:
+            tally.start_checks[name] = f"started, closed the connection ({type(exc).__name__})"
+        finally:
+            lp.kill()
+            undo()
+
+
+def run(args: argparse.Namespace) -> tuple[Tally, dict[str, int], float]:
+    from lasan.build.serve import TritonServer
+
+    rng = random.Random(args.seed)
+    work = args.work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    repo = _build_repository(work, args.checkpoint)
+    fs = FaultFS(work / "queuefs", args.queue_fs_mb) if (args.disk_faults and FaultFS.available()) else None
+    var = (fs.path if fs else work) / "var"
+    tally = Tally()
+    ports = [free_port() for _ in range(3)]
+    triton = TritonServer(repo, http_port=ports[0], grpc_port=ports[1], metrics_port=ports[2],
+                          work_dir=work / "triton", startup_timeout=300)
+    downstreams = [Downstream(port=free_port())]
+    down_port = downstreams[0].port
+    config = {
+        "listener": {"port": free_port(), "message_timeout_s": 20, "idle_timeout_s": 120},
+        "triton": {"url": triton.grpc_url, "timeout_s": 10},
+        "downstream": {"host": "127.0.0.1", "port": down_port, "timeout_s": 5},
+        "storage": {"queue_db": str(var / "queue.sqlite"), "outbox": str(var / "outbox")},
+        "retry": {"initial_s": 0.2, "max_s": 2.0},
+        "metrics": {"enabled": False},
+        "dicom": {"min_free_disk_mb": 0},
+        "logging": {"format": "kv", "level": "WARNING"},
+    }
+    started = time.monotonic()
+    lp = None
+    try:
+        triton.start()
+        if fs is not None:
+            _start_checks(tally, fs, config, work)
+        lp = ListenerProcess(config, work).start()
+        sender = Sender(lp.hl7_port)
+        m = args.messages
+        kill_at = set(rng.sample(range(1, m), min(args.kills, m - 1)))
+        triton_at = sorted(rng.sample(range(1, m), min(args.triton_kills, m - 1)))
+        outage_at = sorted(rng.sample(range(1, m), min(args.downstream_outages, m - 1)))
+        disk_full_at = rng.randrange(m // 3, m // 2) if fs else -1
+        read_only_at = rng.randrange(m // 2, 2 * m // 3) if fs else -1
+        records = [small_ecg(seed=s, fs=100.0) for s in range(8)]
+        retry_later: list[tuple[str, bytes]] = []
+        triton_thread: threading.Thread | None = None
+        fault_until = 0  # messages up to this index are sent while the queue's disk misbehaves
+        outage = threading.Event()
+
+        def restart_triton() -> None:
+            time.sleep(rng.uniform(1.0, 4.0))
+            triton.start()
+
+        def deliver(cid: str, message: bytes, during_fault: bool) -> str:
+            """Send until the listener answers (restarting it if it is gone); the ACK code."""
+            while True:
+                tally.attempts += 1
+                try:
+                    code = sender.send(message)
+                except OSError:
+                    if lp is not None and not lp.alive():
+                        lp.start()
+                    time.sleep(0.05)
+                    continue
+                if code == "AA":
+                    tally.aa.add(cid)
+                    if during_fault:
+                        tally.aa_during_faults.append(cid)
+                else:
+                    tally.not_aa += 1
+                    tally.not_aa_during_faults += during_fault
+                return code
+
+        for i in range(m):
+            cid = f"SOAK{i:06d}"
+            message = oru(records[i % len(records)], cid)
+            tally.sent += 1
+            if i in kill_at:
+                tally.kills += 1
+                # Sometimes mid-message (a Timer fires while this message is in flight), sometimes between.
+                threading.Timer(rng.uniform(0.0, 0.02), lp.kill).start() if rng.random() < 0.5 else lp.kill()
+            if triton_at and i == triton_at[0]:
+                triton_at.pop(0)
+                if triton_thread is None or not triton_thread.is_alive():
+                    tally.triton_kills += 1
+                    _kill_triton(triton)
+                    triton_thread = threading.Thread(target=restart_triton, daemon=True)
+                    triton_thread.start()
+            if outage_at and i == outage_at[0] and not outage.is_set():
+                outage_at.pop(0)
+                tally.outages += 1
+                outage.set()
+                downstreams[-1].close()  # connection refused from now on
+
+                def back() -> None:
+                    downstreams.append(Downstream(port=down_port))
+                    outage.clear()
+
+                threading.Timer(args.outage_s, back).start()
+            if i == disk_full_at and fs is not None:
+                fs.fill()
+                fault_until = i + 5
+                tally.start_checks["full disk mid-stream"] = "queue file system filled for 5 messages"
+            if i == read_only_at and fs is not None:
+                try:
+                    fs.read_only(True)
+                    fault_until = i + 5
+                    tally.start_checks["read-only queue mid-stream"] = "remounted read-only for 5 messages"
+                except subprocess.CalledProcessError as exc:
+                    # tmpfs refuses remount,ro while the queue has files open for writing (EBUSY).
+                    tally.start_checks["read-only queue mid-stream"] = (
+                        f"not run: {exc.stderr.decode(errors='replace').strip()[:120]}")
+            code = deliver(cid, message, during_fault=i < fault_until)
+            if code != "AA":
+                retry_later.append((cid, message))
+            if fs is not None and i == fault_until - 1:
+                fs.unfill()
+                fs.read_only(False)
+                fault_until = 0
+            if not lp.alive():
+                lp.start()
+            if rng.random() < args.pause_probability:
+                time.sleep(rng.uniform(0, args.max_pause_s))
+        for _ in range(20):  # messages answered AE: the sender tries again until AA
+            pending, retry_later = retry_later, []
+            for cid, message in pending:
+                if deliver(cid, message, during_fault=False) != "AA":
+                    retry_later.append((cid, message))
+            if not retry_later:
+                break
+            time.sleep(1.0)
+        if triton_thread is not None:
+            triton_thread.join(300)
+        # Drain: every AA'd message must reach the downstream system.
+        deadline = time.monotonic() + args.drain_s
+        while time.monotonic() < deadline:
+            if tally.aa <= set(_results(downstreams)):
+                break
+            time.sleep(1.0)
+        results = _results(downstreams)
+    finally:
+        if lp is not None:
+            lp.kill()
+        with contextlib.suppress(Exception):
+            triton.stop()
+        for d in downstreams:
+            with contextlib.suppress(Exception):
+                d.close()
+        if fs is not None:
+            fs.close()
+    return tally, {k: len(v) for k, v in results.items()} | {"__distinct__": _distinct(results)}, \
+        time.monotonic() - started
+
+
+def _results(downstreams: list[Downstream]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for d in downstreams:
+        for text in list(d.received):
+            out.setdefault(obx_values(text)["ORIG-MSH10"], []).append(msh10(text))
+    return out
+
+
+def _distinct(results: dict[str, list[str]]) -> int:
+    return sum(1 for ids in results.values() if len(set(ids)) > 1)
+
+
+def figures(tally: Tally, results: dict[str, int]) -> dict[str, int]:
+    duplicated = results.pop("__distinct__")
+    got = set(results)
+    return {
+        "messages sent": tally.sent,
+        "frames written (resends included)": tally.attempts,
+        "ACKed AA": len(tally.aa),
+        "AE/AR answers (resent later)": tally.not_aa,
+        "AE/AR while the queue's disk was full or read-only": tally.not_aa_during_faults,
+        "AA while the queue's disk was full or read-only": len(tally.aa_during_faults),
+        "results downstream (distinct messages)": len(got & tally.aa),
+        "result deliveries in all (re-deliveries included)": sum(results.values()),
+        "lost (AA without a result)": len(tally.aa - got),
+        "duplicated (a message with two different results)": duplicated,
+        "not ACKed AA in the end": tally.sent - len(tally.aa),
+        "listener SIGKILLs survived": tally.kills,
+        "Triton kills survived": tally.triton_kills,
+        "downstream outages survived": tally.outages,
+    }
+
+
+def render(args: argparse.Namespace, fig: dict[str, int], tally: Tally, wall: float, command: str) -> str:
+    ok = fig["lost (AA without a result)"] == 0 and fig["duplicated (a message with two different results)"] == 0
+    lines = [
+        "# Soak figures (generated)",
+        "",
+        f"Generated by `{command}` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC "
+        f"({platform.machine()}, {os.cpu_count()} CPUs), {wall / 60:.1f} min wall. Do not edit by hand: run it again.",
+        "",
+        f"Contract {'held' if ok else '**BROKEN**'}: every AA has exactly one distinct result downstream.",
+        "",
+        "| figure | value |",
+        "|---|---:|",
+        *[f"| {k} | {v:,} |" for k, v in fig.items()],
+        "",
+        "Disk faults (queue on a size-limited tmpfs):" if tally.start_checks else
+        "Disk faults not run (needs root to mount a size-limited tmpfs for the queue).",
+        "",
+        *[f"- {k}: {v}" for k, v in tally.start_checks.items()],
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--messages", type=int, default=10_000)
+    p.add_argument("--kills", type=int, default=100, help="listener SIGKILLs")
+    p.add_argument("--triton-kills", type=int, default=10)
+    p.add_argument("--downstream-outages", type=int, default=3)
+    p.add_argument("--outage-s", type=float, default=10.0, help="how long each downstream outage lasts")
+    p.add_argument("--pause-probability", type=float, default=0.05)
+    p.add_argument("--max-pause-s", type=float, default=0.5)
+    p.add_argument("--drain-s", type=float, default=600.0, help="wait this long at most for the last results")
+    p.add_argument("--no-disk-faults", dest="disk_faults", action="store_false")
+    p.add_argument("--queue-fs-mb", type=int, default=1024, help="size of the queue's tmpfs (disk faults)")
+    p.add_argument("--checkpoint", help="serve this checkpoint (default: a tiny seeded LASAN)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--work", type=Path, default=ROOT / "work" / "soak")
+    p.add_argument("--docs", type=Path, default=ROOT / "docs" / "reliability-soak.md")
+    args = p.parse_args(argv)
+    command = " ".join(["scripts/soak.py", *(argv if argv is not None else sys.argv[1:])])
+    tally, results, wall = run(args)
+    fig = figures(tally, results)
+    for k, v in fig.items():
+        print(f"{k:<55} {v:>8}")
+    for k, v in tally.start_checks.items():
+        print(f"{k}: {v}")
+    args.docs.write_text(render(args, fig, tally, wall, command), encoding="utf-8")
+    print(f"wrote {args.docs}")
+    broken = fig["lost (AA without a result)"] or fig["duplicated (a message with two different results)"]
+    return 1 if broken else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
