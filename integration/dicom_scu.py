@@ -56,14 +56,20 @@ def store(objects: Sequence[bytes], pacs: PacsConfig) -> StoreReport:
     except (OSError, RuntimeError) as exc:
         raise DeliveryError(f"{where} could not be reached ({exc}); the objects stay queued and are retried") from exc
     if not assoc.is_established:
-        why = "rejected the association" if assoc.is_rejected else "did not answer (down, wrong host/port, or TLS mismatch)"
+        names = ", ".join(sorted({ds.SOPClassUID.name for ds in datasets}))
+        why = ("rejected the association" if assoc.is_rejected else
+               f"did not open an association (down, wrong host/port, TLS mismatch, or it accepts none of: {names})")
         ae.shutdown()
         raise DeliveryError(f"{where} {why}; check pacs.host/port/called_ae/calling_ae. "
                             "The objects stay queued and are retried")
     statuses: list[tuple[str, int]] = []
     try:
         for ds in datasets:
-            status = assoc.send_c_store(ds)
+            try:
+                status = assoc.send_c_store(ds)
+            except (ValueError, RuntimeError) as exc:  # pynetdicom: no accepted presentation context
+                raise DeliveryError(f"{where} does not accept {ds.SOPClassUID.name} ({exc}); configure the PACS "
+                                    "to store this SOP class; retried") from exc
             code = int(status.Status) if status and "Status" in status else None
             if code is None:
                 raise DeliveryError(f"{where} gave no answer to the C-STORE of {ds.SOPClassUID.name} "

@@ -208,6 +208,19 @@ def test_c_store_to_a_pacs_that_is_down_rejects_us_or_refuses_raises_delivery_er
             store(objects, full)
     finally:
         server.shutdown()
+    # A PACS that takes encapsulated PDFs but not SRs: the SR's SOP class is named.
+    objects = pacs_objects(sample_ecg(seed=6), _score(), uid_key="k2", pdf=_PDF)
+    pdf_only = AE(ae_title="PDFONLY")
+    pdf_only.add_supported_context(ENCAPSULATED_PDF)
+    port = free_port()
+    server = pdf_only.start_server(("127.0.0.1", port), block=False)
+    try:
+        config = config_from_dict({"pacs": {"host": "127.0.0.1", "port": port, "called_ae": "PDFONLY"}}, tmp_path)
+        assert config.pacs is not None
+        with pytest.raises(DeliveryError, match="does not accept Comprehensive SR Storage"):
+            store(objects, config.pacs)
+    finally:
+        server.shutdown()
 
 
 def test_c_store_over_dicom_tls(tmp_path):
