@@ -28,7 +28,7 @@ from lasan.tensor_names import ENSEMBLE_MODEL
 # Safe default: the embedded Triton answers only this machine unless `lasan serve --all-interfaces`.
 LOOPBACK, ALL_INTERFACES = "127.0.0.1", "0.0.0.0"
 
-__all__ = ["LOOPBACK", "ALL_INTERFACES", "TritonServer", "TritonInstallation", "find_triton", "free_port", "check_port", "configure", "run"]
+__all__ = ["LOOPBACK", "ALL_INTERFACES", "TritonServer", "TritonInstallation", "find_triton", "free_port", "check_port", "parse_cpus", "configure", "run"]
 
 
 # Log lines that are always there on a CPU-only machine and explain nothing.
@@ -110,6 +110,27 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
+def parse_cpus(text: str) -> frozenset[int]:
+    """``"1"``, ``"0-3"`` or ``"0,2-3"`` -> CPU ids (what ``taskset -c`` takes).
+
+    Raises:
+        ConfigError: not a CPU list, or a CPU this process may not use.
+    """
+    from lasan.errors import ConfigError
+
+    cpus: set[int] = set()
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.strip().partition("-")
+            cpus.update(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise ConfigError(f"--cpus takes a CPU list like 1, 0-3 or 0,2-3; got {text!r}") from None
+    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else cpus
+    if not cpus or not cpus <= allowed:
+        raise ConfigError(f"--cpus {text!r} names CPUs outside the ones this process may use ({sorted(allowed)})")
+    return frozenset(cpus)
+
+
 class TritonServer:
     """A running tritonserver process serving ``repo``.
 
@@ -131,6 +152,8 @@ class TritonServer:
         work_dir: str | Path | None = None,
         startup_timeout: float = 300.0,
         log_verbose: int = 0,
+        nice: int = 0,
+        cpus: frozenset[int] | None = None,
     ):
         self.repo = Path(repo).resolve()
         self.http_port, self.grpc_port, self.metrics_port = http_port, grpc_port, metrics_port
@@ -139,6 +162,10 @@ class TritonServer:
         self.log_file = Path(log_file) if log_file else self.work_dir / "tritonserver.log"
         self.startup_timeout = startup_timeout
         self.log_verbose = log_verbose
+        # CPU priority / affinity of tritonserver; its python-backend stubs inherit both (they are its
+        # children), so a niced server cannot starve an HL7 listener on the same cores (docs/performance.md).
+        self.nice = nice
+        self.cpus = cpus
         self._process: subprocess.Popen[bytes] | None = None
 
     # -- endpoints ---------------------------------------------------------------------------
@@ -227,7 +254,7 @@ class TritonServer:
                 stdout=stdout,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=self._in_child,
             )
         finally:
             stdout.close()
@@ -278,6 +305,14 @@ class TritonServer:
         return "\n".join((errors or lines)[-limit:])
 
     # -- internals ---------------------------------------------------------------------------
+    def _in_child(self) -> None:
+        """In the child before exec: die with the parent, then lower priority / pin CPUs if asked."""
+        _die_with_parent()
+        if self.nice:
+            os.nice(self.nice)
+        if self.cpus:
+            os.sched_setaffinity(0, self.cpus)
+
     def _backend_directory(self, inst: TritonInstallation) -> Path:
         """A backend folder with the wheel's python backend and the stub for this Python."""
         target = self.work_dir / "backends" / "python"
@@ -353,6 +388,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="backend copies and logs (default: .lasan-triton beside the repository)",
     )
     parser.add_argument("--startup-timeout", type=float, default=300.0, help="seconds to wait for the ensemble")
+    parser.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="run tritonserver and its python-backend stubs at this CPU niceness (e.g. 10), so that an HL7 "
+        "listener on the same cores keeps answering quickly while the model saturates them",
+    )
+    parser.add_argument(
+        "--cpus",
+        help="pin tritonserver and its stubs to these CPUs (taskset syntax: 1, 0-3, 0,2-3); leave the others to "
+        "the listener",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -371,6 +418,8 @@ def run(args: argparse.Namespace) -> int:
         log_file=args.log_file,
         work_dir=args.work_dir,
         startup_timeout=args.startup_timeout,
+        nice=args.nice,
+        cpus=parse_cpus(args.cpus) if args.cpus else None,
     )
     print(f"starting Triton on {server.repo} (log: {server.log_file}) ...", flush=True)
     try:

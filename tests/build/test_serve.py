@@ -125,3 +125,54 @@ def _processes_using(repo: Path) -> list[int]:
             if "tritonserver" in cmdline and str(repo) in cmdline:
                 pids.append(int(entry.name))
     return [p for p in pids if p != os.getpid()]
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+def _nice_and_cpus(pid: int) -> tuple[int, str]:
+    nice = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+    cpus = next(
+        line.split(":", 1)[1].strip()
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+        if line.startswith("Cpus_allowed_list")
+    )
+    return nice, cpus
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="Linux CPU affinity")
+def test_nice_and_cpus_reach_tritonserver_and_every_stub(cpu_repository: Path, tmp_path: Path):
+    # The listener's ACKs keep their share of the cores only if the stubs (where the model runs) are niced too.
+    cpu = min(os.sched_getaffinity(0))
+    with TritonServer(cpu_repository, **_ports(), work_dir=tmp_path, nice=7, cpus=frozenset({cpu})) as server:
+        assert server.pid is not None
+        stubs = _children(server.pid)
+        assert len(stubs) >= 4, stubs  # preprocess, encoder, fusion, attention_outputs
+        base_nice = os.nice(0)
+        for pid in (server.pid, *stubs):
+            nice, cpus = _nice_and_cpus(pid)
+            assert nice == min(19, base_nice + 7), (pid, nice)
+            assert cpus == str(cpu), (pid, cpus)
+
+
+def test_parse_cpus_reads_taskset_lists_and_refuses_foreign_cpus():
+    from lasan.build.serve import parse_cpus
+    from lasan.errors import ConfigError
+
+    allowed = sorted(os.sched_getaffinity(0))
+    assert parse_cpus(str(allowed[0])) == frozenset({allowed[0]})
+    if allowed == list(range(allowed[0], allowed[-1] + 1)):
+        assert parse_cpus(f"{allowed[0]}-{allowed[-1]}") == frozenset(allowed)
+    with pytest.raises(ConfigError, match="CPU list like"):
+        parse_cpus("first")
+    with pytest.raises(ConfigError, match="outside the ones this process may use"):
+        parse_cpus("4096")
