@@ -32,6 +32,7 @@ drops a repeated SOP Instance UID as a duplicate.
 from __future__ import annotations
 
 import io
+import logging
 import re
 import struct
 from collections.abc import Mapping, Sequence
@@ -209,6 +210,8 @@ def build_sr(score: Score, ctx: StudyContext, *, operating_point: str = "screeni
     from pydicom.sr.codedict import codes
     from pydicom.sr.coding import Code
 
+    # highdicom logs each module it copies at INFO/DEBUG: noise in a listener's log, never needed.
+    logging.getLogger("highdicom").setLevel(logging.WARNING)
     unit = Code("1", "UCUM", "no units")
     algorithm = hd.sr.AlgorithmIdentification(name=f"LASAN {score.model_name}"[:64], version=score.model_version[:64])
     decisions: Mapping[str, bool] = getattr(score, operating_point)
