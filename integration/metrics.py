@@ -103,6 +103,11 @@ class Metrics:
         )
         self.results_sent = Counter("lasan_results_sent", "Result messages delivered downstream", registry=r)
         self.retries = Counter("lasan_retries", "Retries scheduled, by stage", ["stage"], registry=r)
+        self.deliveries_sent = Counter("lasan_deliveries_sent", "PACS/FHIR deliveries completed, by target",
+                                       ["target"], registry=r)
+        self.deliveries_pending = Gauge("lasan_deliveries_pending",
+                                        "PACS/FHIR deliveries waiting (target down or in backoff), by target",
+                                        ["target"], registry=r)
         self.failures = Counter("lasan_failed_items", "Items that can never be scored", registry=r)
         self.triton_up = Gauge("lasan_triton_up", "1 when the last Triton call succeeded", registry=r)
 

@@ -46,6 +46,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("lasan.integration.worker")
 
+_PENDING_REFRESH_S = 10.0  # an idle worker re-reads the pending deliveries gauge this often
+
 
 class AsyncScorer(Protocol):
     """What the scoring stage needs from a scorer (:class:`lasan.client.api.AsyncTritonScorer` is one)."""
@@ -241,6 +243,7 @@ class DeliveryStage:
     def __init__(self, config: AppConfig, books: Bookkeeping) -> None:
         self.config, self.books, self.queue, self.metrics = config, books, books.queue, books.metrics
         self._downstream: MLLPClient | None = None
+        self._pending_read_at = -_PENDING_REFRESH_S  # when lasan_deliveries_pending was last read from the queue
 
     async def send(self, item: QueueItem) -> bool:
         """Deliver a stored result; True when it is marked sent."""
@@ -304,7 +307,13 @@ class DeliveryStage:
                       error=str(exc), **ids)
                 continue
             await asyncio.to_thread(self.queue.mark_delivered, delivery.item_id, delivery.target)
+            self.metrics.deliveries_sent.labels(delivery.target).inc()
             event("worker.delivered", logging.INFO, log, attempts=delivery.attempts + 1, what=done, **ids)
+        now = time.monotonic()
+        if due or now - self._pending_read_at > _PENDING_REFRESH_S:
+            self._pending_read_at = now
+            for target, counts in (await asyncio.to_thread(self.queue.delivery_counts)).items():
+                self.metrics.deliveries_pending.labels(target).set(counts.get("pending", 0))
         return bool(due)
 
     async def close(self) -> None:

@@ -55,7 +55,8 @@ def test_pacs_and_fhir_down_then_up_each_object_arrives_exactly_once(tmp_path, f
         "fhir": {"base_url": fhir_server.url, "timeout_s": 3.0},
     }, tmp_path)
     queue = open_queue(config.storage)
-    stage = DeliveryStage(config, Bookkeeping(config, queue, Metrics(), Health()))
+    metrics = Metrics()
+    stage = DeliveryStage(config, Bookkeeping(config, queue, metrics, Health()))
 
     # Two scored ECGs, stored as the scoring stage stores them: one DICOM (its own study), one HL7.
     dicom_record = read_dicom(dicom_bytes(sample_ecg(seed=1), uid_key="src-1"))
@@ -80,6 +81,8 @@ def test_pacs_and_fhir_down_then_up_each_object_arrives_exactly_once(tmp_path, f
     assert pacs.received() == [] and fhir_server.accepted == []
     assert fhir_server.refused >= 2  # tried, refused (503), tried again
     assert queue.delivery_counts() == {PACS: {"pending": 2, "sent": 0}, FHIR: {"pending": 2, "sent": 0}}
+    scrape = metrics.render().decode()
+    assert 'lasan_deliveries_pending{target="pacs"} 2.0' in scrape and 'lasan_retries_total{stage="pacs"}' in scrape
     # The outbox gets the FHIR bundle whether or not the server takes it.
     assert sorted(p.name for p in (tmp_path / "outbox").iterdir()) == sorted(f"{r}.fhir.json" for r in stored)
 
@@ -95,6 +98,9 @@ def test_pacs_and_fhir_down_then_up_each_object_arrives_exactly_once(tmp_path, f
     finally:
         pacs.stop()
     assert queue.delivery_counts() == {PACS: {"pending": 0, "sent": 2}, FHIR: {"pending": 0, "sent": 2}}
+    scrape = metrics.render().decode()
+    assert 'lasan_deliveries_sent_total{target="pacs"} 2.0' in scrape
+    assert 'lasan_deliveries_pending{target="fhir"} 0.0' in scrape
 
     # Exactly once per ECG: 4 files (storescp keeps duplicates apart), the very objects stored at scoring.
     arrived = [pydicom.dcmread(path) for path in files]
