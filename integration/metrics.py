@@ -15,6 +15,7 @@ import os
 import shutil
 import socket
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,6 +166,12 @@ class Health:
         health.probes["triton"] = triton
         if config.downstream is not None:
             health.probes["downstream"] = tcp_probe(config.downstream.host, config.downstream.port, "downstream")
+        if config.pacs is not None:  # results to PACS and FHIR wait (queued) while these are down
+            health.probes["pacs"] = tcp_probe(config.pacs.host, config.pacs.port, "PACS")
+        if config.fhir is not None and config.fhir.base_url:
+            url = urllib.parse.urlsplit(config.fhir.base_url)
+            port = url.port or (443 if url.scheme == "https" else 80)
+            health.probes["fhir"] = tcp_probe(url.hostname or "", port, "FHIR server")
         storage = config.storage
         if getattr(storage, "queue_url", None) is None:
             health.probes["disk"] = disk_probe(storage.queue_db.parent, config.dicom.min_free_disk_mb)

@@ -41,7 +41,7 @@ def _score(p_arvc: float) -> Score:
 def fhir_server():
     server = FhirServer()
     yield server
-    server.close()
+    server.close()  # closing twice is fine
 
 
 def test_pacs_and_fhir_down_then_up_each_object_arrives_exactly_once(tmp_path, fhir_server):
@@ -119,3 +119,19 @@ def test_pacs_and_fhir_down_then_up_each_object_arrives_exactly_once(tmp_path, f
                if e["resource"]["resourceType"] == "DiagnosticReport"]
     assert sorted(r["identifier"][0]["value"] for r in reports) == sorted(stored)
     queue.close()
+
+
+def test_health_names_a_pacs_or_fhir_server_that_is_down(tmp_path, fhir_server):
+    from lasan.integration.metrics import Health
+
+    pacs = StoreSCP(tmp_path / "pacs", port=free_port())
+    config = config_from_dict({"storage": {"queue_db": "q.sqlite", "outbox": "outbox"},
+                               "pacs": pacs.config_section(), "fhir": {"base_url": fhir_server.url}}, tmp_path)
+    health = Health.watching(config)
+    checks = health.check()
+    assert not checks["pacs"]["ok"] and f"PACS 127.0.0.1:{pacs.port} unreachable" in str(checks["pacs"]["detail"])
+    assert checks["fhir"]["ok"]  # the FHIR server accepts connections (whatever it answers)
+    with pacs:
+        assert health.check()["pacs"] == {"ok": True, "detail": None}
+    fhir_server.close()
+    assert not health.check()["fhir"]["ok"]
