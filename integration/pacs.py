@@ -116,9 +116,10 @@ def _tm(text: str | None) -> str:
 
 
 def _lo(text: str | None, limit: int = 64) -> str:
-    # LO/SH/PN values: no backslash (the DICOM value separator), no control characters.
+    """An LO/SH/PN value: no backslash (the DICOM value separator), no control characters, at
+    most ``limit`` bytes in UTF-8 (validators count bytes), never cut inside a character."""
     clean = re.sub(r"[\\\x00-\x1f]", " ", text or "").strip()
-    return clean[:limit]
+    return clean.encode("utf-8")[:limit].decode("utf-8", errors="ignore").strip()
 
 
 _HL7_ESCAPES = {"F": "|", "S": "^", "T": "&", "R": "~", "E": "\\"}
@@ -153,7 +154,7 @@ def study_context(record: ECGRecord, uid_key: str, order: OrderContext | None = 
         study_date=_da(acq.acquired_at) or when.strftime("%Y%m%d"),
         study_time=_tm(acq.acquired_at) or when.strftime("%H%M%S"),
         patient_id=_lo(patient.patient_id),
-        patient_name=_lo((patient.name or "").replace("\\", " "), 320),
+        patient_name=_lo(patient.name, 64),  # PN: 64 characters per component group
         birth_date=_da(patient.birth_date),
         sex=sex if sex in ("M", "F", "O") else "",
         accession_number=_lo(accession, 16),

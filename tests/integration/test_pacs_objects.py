@@ -137,6 +137,22 @@ def test_non_dicom_ecg_gets_a_new_stable_study_with_its_patient_and_order():
     assert len({d.SOPInstanceUID for d in first + other}) == 4
 
 
+def test_awkward_identities_still_make_valid_objects(tmp_path):
+    from dataclasses import replace
+
+    identity = PatientIdentity(patient_id="ID\\with\\backslashes" + "9" * 80, name="Ørsted-Ünal^Zoë" + "x" * 90,
+                               birth_date="1961-02-03", sex="female", accession_number="A" * 30)
+    record = replace(sample_ecg(seed=8), patient=identity)
+    record = replace(record, acquisition=replace(record.acquisition, acquired_at="2024-05-06T07:08:09+02:00"))
+    sr, pdf = (_parse(b) for b in pacs_objects(record, _score(), uid_key="awkward", pdf=_PDF))
+    assert sr.PatientBirthDate == "19610203" and sr.PatientSex == "F" and sr.StudyDate == "20240506"
+    assert sr.StudyTime == "070809" and str(sr.PatientName).startswith("Ørsted-Ünal^Zoë")
+    assert "\\" not in sr.PatientID and len(sr.PatientID) <= 64 and len(sr.AccessionNumber) <= 16
+    for ds, name in ((sr, "sr.dcm"), (pdf, "pdf.dcm")):
+        ds.save_as(tmp_path / name, enforce_file_format=True)
+        assert dciodvfy_errors(tmp_path / name) == [], name
+
+
 def test_our_ecg_waveform_writer_passes_dciodvfy(tmp_path):
     from dataclasses import replace
 
