@@ -15,7 +15,7 @@ Faults, spread at random over the stream (``--seed``):
 - the listener SIGKILLed ``--kills`` times (sometimes mid-message) and restarted on the same queue;
 - Triton's process group SIGKILLed ``--triton-kills`` times, restarted a few seconds later;
 - the downstream system gone (connection refused) ``--downstream-outages`` times for ``--outage-s``;
-- with root (a size-limited tmpfs holds the queue): a read-only and a full file system at start
+- with root (a loop-mounted ext4 image holds the queue): a read-only and a full file system at start
   (``lasan listen`` must refuse to start, or answer AE, never AA) and mid-stream (AE, never AA).
 
 The contract: every AA has exactly one distinct result downstream (lost = 0, duplicated = 0;
@@ -30,6 +30,7 @@ import contextlib
 import os
 import platform
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -97,24 +98,56 @@ class Sender:
 
 
 class FaultFS:
-    """A size-limited tmpfs for the queue (root only): made full or read-only on demand."""
+    """The queue's file system: a loop-mounted ext4 image (root only), made full or read-only on demand.
+
+    ext4 with ``errors=remount-ro`` is what a failing disk does to a running service: the kernel
+    forces the file system read-only under open files (``trigger_fs_error``), which a plain
+    ``mount -o remount,ro`` refuses while the queue has files open for writing. Afterwards an
+    operator would unmount, fsck and mount it again: :meth:`repair` does that.
+    """
 
     def __init__(self, path: Path, size_mb: int) -> None:
-        self.path = path
+        self.path, self.image = path, path.with_suffix(".img")
         path.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m,mode=0700", "tmpfs", str(path)], check=True,
-                       capture_output=True)
+        with open(self.image, "wb") as f:
+            f.truncate(size_mb << 20)
+        subprocess.run(["mkfs.ext4", "-q", "-F", str(self.image)], check=True, capture_output=True)
+        self._mount()
         self.filler = path / "filler.bin"
+
+    def _mount(self) -> None:
+        subprocess.run(["mount", "-o", "loop,errors=remount-ro", str(self.image), str(self.path)], check=True,
+                       capture_output=True)
+        os.chmod(self.path, 0o700)
 
     @staticmethod
     def available() -> bool:
-        return os.geteuid() == 0 and bool(subprocess.run(["which", "mount"], capture_output=True).stdout)
+        return os.geteuid() == 0 and all(
+            subprocess.run(["which", tool], capture_output=True).returncode == 0 for tool in ("mount", "mkfs.ext4"))
+
+    def _device(self) -> str:
+        found = subprocess.run(["findmnt", "-n", "-o", "SOURCE", str(self.path)], capture_output=True, text=True)
+        return Path(found.stdout.strip()).name
 
     def read_only(self, on: bool) -> None:
+        """At start (nothing open): a plain remount. Mid-stream, use :meth:`fail` instead."""
         subprocess.run(["mount", "-o", f"remount,{'ro' if on else 'rw'}", str(self.path)], check=True,
                        capture_output=True)
 
+    def fail(self) -> None:
+        """Force the file system read-only under the running listener, as a disk error does."""
+        Path(f"/sys/fs/ext4/{self._device()}/trigger_fs_error").write_text("soak: simulated disk error\n")
+
+    def repair(self) -> None:
+        """Unmount, fsck and mount again (the listener must be stopped: its files are open there)."""
+        subprocess.run(["umount", str(self.path)], check=True, capture_output=True)
+        subprocess.run(["e2fsck", "-f", "-y", str(self.image)], capture_output=True)
+        self._mount()
+
     def fill(self) -> None:
+        free = shutil.disk_usage(self.path).free
+        with open(self.filler, "ab") as f, contextlib.suppress(OSError):
+            os.posix_fallocate(f.fileno(), 0, max(0, free - (4 << 20)))  # most of it without writing zeros
         for block in (1 << 20, 4096):  # then the last bytes
             with open(self.filler, "ab", buffering=0) as f, contextlib.suppress(OSError):
                 while True:
@@ -124,9 +157,8 @@ class FaultFS:
         self.filler.unlink(missing_ok=True)
 
     def close(self) -> None:
-        with contextlib.suppress(subprocess.CalledProcessError):
-            self.read_only(False)
         subprocess.run(["umount", "-l", str(self.path)], capture_output=True)
+        self.image.unlink(missing_ok=True)
 
 
 def _kill_triton(server) -> None:  # type: ignore[no-untyped-def]
@@ -218,6 +250,7 @@ def run(args: argparse.Namespace) -> tuple[Tally, dict[str, int], float]:
         retry_later: list[tuple[str, bytes]] = []
         triton_thread: threading.Thread | None = None
         fault_until = 0  # messages up to this index are sent while the queue's disk misbehaves
+        read_only_until = -1
         outage = threading.Event()
 
         def restart_triton() -> None:
@@ -275,20 +308,20 @@ def run(args: argparse.Namespace) -> tuple[Tally, dict[str, int], float]:
                 fault_until = i + 5
                 tally.start_checks["full disk mid-stream"] = "queue file system filled for 5 messages"
             if i == read_only_at and fs is not None:
-                try:
-                    fs.read_only(True)
-                    fault_until = i + 5
-                    tally.start_checks["read-only queue mid-stream"] = "remounted read-only for 5 messages"
-                except subprocess.CalledProcessError as exc:
-                    # tmpfs refuses remount,ro while the queue has files open for writing (EBUSY).
-                    tally.start_checks["read-only queue mid-stream"] = (
-                        f"not run: {exc.stderr.decode(errors='replace').strip()[:120]}")
+                fs.fail()
+                read_only_until = i + 5
+                fault_until = i + 5
+                tally.start_checks["read-only queue mid-stream"] = (
+                    "ext4 forced read-only (disk error) for 5 messages, then listener stopped, fsck, restarted")
             code = deliver(cid, message, during_fault=i < fault_until)
             if code != "AA":
                 retry_later.append((cid, message))
             if fs is not None and i == fault_until - 1:
                 fs.unfill()
-                fs.read_only(False)
+                if i == read_only_until - 1:
+                    lp.kill()
+                    fs.repair()
+                    lp.start()
                 fault_until = 0
             if not lp.alive():
                 lp.start()
@@ -316,7 +349,7 @@ def run(args: argparse.Namespace) -> tuple[Tally, dict[str, int], float]:
             lp.kill()
         with contextlib.suppress(Exception):
             triton.stop()
-        for d in downstreams:
+        for d in downstreams[-1:]:  # the earlier ones were closed by their outage
             with contextlib.suppress(Exception):
                 d.close()
         if fs is not None:
@@ -372,8 +405,8 @@ def render(args: argparse.Namespace, fig: dict[str, int], tally: Tally, wall: fl
         "|---|---:|",
         *[f"| {k} | {v:,} |" for k, v in fig.items()],
         "",
-        "Disk faults (queue on a size-limited tmpfs):" if tally.start_checks else
-        "Disk faults not run (needs root to mount a size-limited tmpfs for the queue).",
+        "Disk faults (queue on a loop-mounted ext4 image):" if tally.start_checks else
+        "Disk faults not run (needs root to mount a loop-mounted ext4 image for the queue).",
         "",
         *[f"- {k}: {v}" for k, v in tally.start_checks.items()],
     ]
@@ -391,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-pause-s", type=float, default=0.5)
     p.add_argument("--drain-s", type=float, default=600.0, help="wait this long at most for the last results")
     p.add_argument("--no-disk-faults", dest="disk_faults", action="store_false")
-    p.add_argument("--queue-fs-mb", type=int, default=1024, help="size of the queue's tmpfs (disk faults)")
+    p.add_argument("--queue-fs-mb", type=int, default=1024, help="size of the queue's ext4 image (disk faults)")
     p.add_argument("--checkpoint", help="serve this checkpoint (default: a tiny seeded LASAN)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", type=Path, default=ROOT / "work" / "soak")

@@ -156,3 +156,50 @@ def test_disk_full_mid_stream_answers_ae_never_aa_then_recovers(tmp_path):
         assert aa_during <= stored, (aa_during, stored)
     assert counts["received"] == len(before) + len(aa_during) + (after == "AA" and "F3" not in aa_during)
     assert after == "AA"
+
+
+@contextlib.contextmanager
+def _ext4(tmp_path: Path, size_mb: int = 32):
+    """A loop-mounted ext4 with errors=remount-ro: the kernel can force it read-only under open files."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to loop-mount an ext4 image (read-only file system mid-stream)")
+    image, mount = tmp_path / "queue.img", tmp_path / "ext4"
+    mount.mkdir()
+    with open(image, "wb") as f:
+        f.truncate(size_mb << 20)
+    made = subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], capture_output=True, text=True)
+    done = made.returncode == 0 and subprocess.run(
+        ["mount", "-o", "loop,errors=remount-ro", str(image), str(mount)], capture_output=True, text=True)
+    if not done or done.returncode != 0:
+        pytest.skip(f"cannot loop-mount an ext4 image here ({made.stderr or (done and done.stderr)})")
+    try:
+        device = subprocess.run(["findmnt", "-n", "-o", "SOURCE", str(mount)], capture_output=True,
+                                text=True).stdout.strip()
+        yield mount, Path(f"/sys/fs/ext4/{Path(device).name}/trigger_fs_error")
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_queue_file_system_going_read_only_mid_stream_answers_ae_never_aa(tmp_path):
+    with _ext4(tmp_path) as (fs, trigger):
+        if not trigger.exists():
+            pytest.skip(f"{trigger} is missing: this kernel cannot simulate an ext4 error")
+        queue = DurableQueue(fs / "queue.sqlite")
+
+        async def main():
+            listener = MLLPListener(ListenerConfig(port=0), Intake(queue, Metrics(), Health(), application="LASAN"))
+            port = await listener.start()
+            try:
+                async with MLLPClient("127.0.0.1", port, timeout_s=30) as client:
+                    before = [parse_ack(await client.send(oru(small_ecg(seed=i), f"R{i}"))).code for i in range(2)]
+                    trigger.write_text("test: simulated disk error\n")  # what a failing disk does
+                    during = [parse_ack(await client.send(oru(small_ecg(seed=i), f"R{i}"))).code for i in range(2, 6)]
+                return before, during
+            finally:
+                await listener.stop()
+
+        before, during = asyncio.run(main())
+        with contextlib.suppress(Exception):
+            queue.close()
+    assert before == ["AA", "AA"]
+    assert during and "AA" not in during, during  # answered, never acknowledged as stored
