@@ -41,6 +41,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from lasan.errors import IntegrationError
+from lasan.formats.dicom import vr_date, vr_sex, vr_text
 from lasan.record import ECGRecord
 
 if TYPE_CHECKING:
@@ -105,21 +106,9 @@ def _result_uid(uid_key: str, what: str) -> str:
     return str(generate_uid(entropy_srcs=["lasan-result", uid_key, what]))
 
 
-def _da(text: str | None) -> str:
-    digits = re.sub(r"[^0-9]", "", text or "")
-    return digits[:8] if len(digits) >= 8 else ""
-
-
 def _tm(text: str | None) -> str:
     digits = re.sub(r"[^0-9]", "", (text or "").split("+")[0].split("Z")[0])
     return digits[8:14] if len(digits) >= 12 else ""
-
-
-def _lo(text: str | None, limit: int = 64) -> str:
-    """An LO/SH/PN value: no backslash (the DICOM value separator), no control characters, at
-    most ``limit`` bytes in UTF-8 (validators count bytes), never cut inside a character."""
-    clean = re.sub(r"[\\\x00-\x1f]", " ", text or "").strip()
-    return clean.encode("utf-8")[:limit].decode("utf-8", errors="ignore").strip()
 
 
 _HL7_ESCAPES = {"F": "|", "S": "^", "T": "&", "R": "~", "E": "\\"}
@@ -146,18 +135,18 @@ def study_context(record: ECGRecord, uid_key: str, order: OrderContext | None = 
     accession = patient.accession_number or ""
     if not accession and order is not None:
         accession = _hl7_first_component(order.filler_order or order.placer_order or "")
-    sex = (patient.sex or "").upper()[:1]
     dicom_source = acq.study_uid and acq.sop_instance_uid
     sop_class = _GENERAL_ECG if acq.sop_class == "General ECG Waveform Storage" else _TWELVE_LEAD_ECG
     return StudyContext(
         study_uid=acq.study_uid or _result_uid(uid_key, "study"),
-        study_date=_da(acq.acquired_at) or when.strftime("%Y%m%d"),
+        study_date=vr_date(acq.acquired_at) or when.strftime("%Y%m%d"),
         study_time=_tm(acq.acquired_at) or when.strftime("%H%M%S"),
-        patient_id=_lo(patient.patient_id),
-        patient_name=_lo(patient.name, 64),  # PN: 64 characters per component group
-        birth_date=_da(patient.birth_date),
-        sex=sex if sex in ("M", "F", "O") else "",
-        accession_number=_lo(accession, 16),
+        # The same VR rules as the ECG writer (lasan.formats.dicom): one place turns free text into DICOM.
+        patient_id=vr_text(patient.patient_id),
+        patient_name=vr_text(patient.name),
+        birth_date=vr_date(patient.birth_date),
+        sex=vr_sex(patient.sex),
+        accession_number=vr_text(accession, 16),
         uid_key=uid_key,
         source_series_uid=acq.series_uid if dicom_source else None,
         source_sop_instance_uid=acq.sop_instance_uid if dicom_source else None,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,6 +35,9 @@ __all__ = [
     "dicom_bytes",
     "write_dicom",
     "with_source",
+    "vr_text",
+    "vr_date",
+    "vr_sex",
 ]
 
 TWELVE_LEAD_ECG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.9.1.1"
@@ -299,6 +303,25 @@ def _sop_name(uid: str) -> str:
     return f"'{name}'" if name and name != uid else "unknown"
 
 
+def vr_text(value: str | None, max_bytes: int = 64) -> str:
+    """Free text as an LO/SH/PN value: no backslash (the value separator) or control characters,
+    at most ``max_bytes`` in UTF-8 (64 for LO and PN components, 16 for SH), never cut inside a character."""
+    clean = re.sub(r"[\\\x00-\x1f]", " ", value or "").strip()
+    return clean.encode("utf-8")[:max_bytes].decode("utf-8", errors="ignore").strip()
+
+
+def vr_date(value: str | None) -> str:
+    """A date in any common spelling (``19610203``, ``1961-02-03``, an ISO time) as DA, or empty."""
+    digits = re.sub(r"[^0-9]", "", (value or "")[:10])
+    return digits[:8] if len(digits) >= 8 else ""
+
+
+def vr_sex(value: str | None) -> str:
+    """M, F or O (DICOM's defined terms) from ``M``/``male``/``F``/``female``/``O``/``other``; else empty."""
+    first = (value or "").strip().upper()[:1]
+    return first if first in ("M", "F", "O") else ""
+
+
 def _text(value) -> str | None:
     if value is None:
         return None
@@ -383,13 +406,15 @@ def record_to_dataset(record: ECGRecord, *, sop_class: str | None = None, uid_ke
     ds.SeriesNumber = 1
     ds.InstanceNumber = 1
     ds.ReferringPhysicianName = ""
-    ds.AccessionNumber = record.patient.accession_number or ""
-    ds.PatientName = record.patient.name or ""
-    ds.PatientID = record.patient.patient_id or ""
-    ds.PatientBirthDate = record.patient.birth_date or ""
-    ds.PatientSex = record.patient.sex or ""
-    ds.Manufacturer = record.acquisition.manufacturer or "LASAN"
-    ds.ManufacturerModelName = record.acquisition.device or ""
+    # Identities from HL7 / vendor XML are free text ("1961-02-03", "female", long names):
+    # written in each attribute's VR, or the object fails validation (dciodvfy).
+    ds.AccessionNumber = vr_text(record.patient.accession_number, 16)
+    ds.PatientName = vr_text(record.patient.name)
+    ds.PatientID = vr_text(record.patient.patient_id)
+    ds.PatientBirthDate = vr_date(record.patient.birth_date)
+    ds.PatientSex = vr_sex(record.patient.sex)
+    ds.Manufacturer = vr_text(record.acquisition.manufacturer) or "LASAN"
+    ds.ManufacturerModelName = vr_text(record.acquisition.device)
     ds.AcquisitionContextSequence = []
 
     channels = []

@@ -160,10 +160,20 @@ def test_our_ecg_waveform_writer_passes_dciodvfy(tmp_path):
 
     twelve = replace(sample_ecg(seed=1), acquisition=replace(sample_ecg(seed=1).acquisition,
                                                              filter_low_hz=0.05, filter_high_hz=150.0))
+    # Identities as HL7 / vendor XML readers give them: free text in each attribute's VR.
+    awkward = replace(twelve, patient=PatientIdentity(patient_id="P\\" + "9" * 80, name="Ørsted^Zoë" + "x" * 90,
+                                                      birth_date="1961-02-03", sex="female", accession_number="A" * 30),
+                      acquisition=replace(twelve.acquisition, manufacturer="M" * 70,
+                                          acquired_at="2024-05-06T07:08:09+02:00"))
+    written = _parse(dicom_bytes(awkward))
+    assert (written.PatientBirthDate, written.PatientSex, written.AcquisitionDateTime) == \
+        ("19610203", "F", "20240506070809")
+    assert read_dicom(dicom_bytes(awkward)).patient.birth_date == "19610203"
     base = sample_ecg(seed=2)
     general = ECGRecord(base.signal.repeat(4, axis=1), base.fs * 4, base.leads, base.acquisition, base.patient)
-    for record, sop in ((twelve, TWELVE_LEAD_ECG_SOP_CLASS), (general, GENERAL_ECG_SOP_CLASS)):
-        path = tmp_path / f"{sop}.dcm"
+    for n, (record, sop) in enumerate(((twelve, TWELVE_LEAD_ECG_SOP_CLASS), (general, GENERAL_ECG_SOP_CLASS),
+                                       (awkward, TWELVE_LEAD_ECG_SOP_CLASS))):
+        path = tmp_path / f"{n}-{sop}.dcm"
         path.write_bytes(dicom_bytes(record))
         assert _parse(path.read_bytes()).SOPClassUID == sop
         assert dciodvfy_errors(path) == [], sop
