@@ -266,7 +266,8 @@ def build_sr(score: Score, ctx: StudyContext, *, operating_point: str = "screeni
             content_time=when.strftime("%H%M%S"),
         )
     except (ValueError, TypeError, AttributeError) as exc:
-        raise IntegrationError(f"the DICOM SR of this result could not be built ({exc}); "
+        # Only the exception type: highdicom's messages may quote a value, e.g. the patient's name.
+        raise IntegrationError(f"the DICOM SR of this result could not be built ({type(exc).__name__} in highdicom); "
                                "this is a LASAN bug, please report it") from exc
     if ctx.source_sop_instance_uid is None:
         # Nothing DICOM to reference: the evidence highdicom needs for the patient and study is not an object.
