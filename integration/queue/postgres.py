@@ -191,11 +191,10 @@ class PostgresQueue:
         return self._run("lease items", fn)
 
     def release_leases(self, worker: str) -> int:
-        """Give back every item and delivery ``worker`` still holds; returns how many."""
+        """Give back every item ``worker`` still holds (not its deliveries: see the SQLite backend); returns how many."""
 
         def fn(cur: Cursor) -> int:
-            n = cur.execute(f"UPDATE items SET {_RELEASE} WHERE leased_by=%s", (worker,)).rowcount
-            return n + cur.execute(f"UPDATE deliveries SET {_RELEASE} WHERE leased_by=%s", (worker,)).rowcount
+            return cur.execute(f"UPDATE items SET {_RELEASE} WHERE leased_by=%s", (worker,)).rowcount
 
         return self._run("release leases", fn)
 

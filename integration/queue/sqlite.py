@@ -234,11 +234,14 @@ class DurableQueue:
         return self._run("lease items", fn)
 
     def release_leases(self, worker: str) -> int:
-        """Give back every item and delivery ``worker`` still holds; returns how many."""
+        """Give back every item ``worker`` still holds; returns how many.
+
+        Deliveries are not touched: they are sent by a task of their own that may hold some
+        right now; theirs end with :meth:`mark_delivered` / :meth:`schedule_delivery_retry`.
+        """
 
         def fn(db: sqlite3.Connection) -> int:
-            n = db.execute(f"UPDATE items SET {_RELEASE} WHERE leased_by=?", (worker,)).rowcount
-            return n + db.execute(f"UPDATE deliveries SET {_RELEASE} WHERE leased_by=?", (worker,)).rowcount
+            return db.execute(f"UPDATE items SET {_RELEASE} WHERE leased_by=?", (worker,)).rowcount
 
         return self._run("release leases", fn)
 

@@ -279,3 +279,14 @@ def test_storage_queue_url_is_read_from_the_yaml_and_checked(tmp_path):
     assert "s3cret" not in str(err.value)
     with pytest.raises(ConfigError, match="storage.lease_s"):
         config_from_dict({"storage": {"lease_s": 0}}, tmp_path)
+
+
+def test_releasing_a_workers_items_leaves_its_deliveries_leased(queue):
+    item = queue.enqueue(KEY, b"raw", source="hl7", kind="hl7").item_id
+    queue.lease("node:1", limit=5, lease_s=600)
+    queue.mark_scored(item, "RESULT", "LSN1", deliveries={"pacs": b"p"})
+    assert len(queue.lease_deliveries("node:1", limit=5, lease_s=600)) == 1
+    assert queue.release_leases("node:1") == 1  # the item; the delivery task still sends its PACS object
+    assert queue.lease_deliveries("node:2", limit=5, lease_s=600) == []
+    queue.schedule_delivery_retry(item, "pacs", "PACS down", delay_s=0)
+    assert [d.target for d in queue.lease_deliveries("node:2", limit=5, lease_s=600)] == ["pacs"]
