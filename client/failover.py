@@ -176,7 +176,12 @@ class FailoverTritonScorer:
     def _probe_task(self, endpoint: _Endpoint, background: bool = True) -> asyncio.Task:
         task = asyncio.ensure_future(self._probe(endpoint, background))
         self._probing[endpoint.url] = task
-        task.add_done_callback(lambda _t, url=endpoint.url: self._probing.pop(url, None))
+        url = endpoint.url
+
+        def forget(_task: asyncio.Task) -> None:
+            self._probing.pop(url, None)
+
+        task.add_done_callback(forget)
         if background:  # nobody may await it: retrieve its error so asyncio does not log it as lost
             task.add_done_callback(lambda t: t.cancelled() or t.exception())
         return task
