@@ -273,3 +273,21 @@ def test_c_store_over_dicom_tls(tmp_path):
             with pytest.raises(DeliveryError):
                 store(objects, wrong)
         assert len(pacs.received()) == 2
+
+
+def test_a_real_philips_export_makes_valid_result_objects(tmp_path):
+    from pathlib import Path
+
+    from lasan.formats import read_ecg
+
+    philips = Path(__file__).resolve().parents[2] / ".." / "shared" / "ecg-samples" / "philips_129DYPRG.XML"
+    if not philips.exists():
+        pytest.skip(f"the real Philips export is not at {philips} (shared/ beside the clone)")
+    record = read_ecg(philips)
+    sr, pdf = pacs_objects(record, _score(), uid_key="philips", pdf=_PDF)
+    ds = _parse(sr)
+    assert (ds.StudyDate, ds.StudyTime) == ("20111201", "072734")  # the acquisition time in the export
+    assert ds.PatientID == record.patient.patient_id and ds.PatientSex == "M"
+    for blob, name in ((sr, "sr.dcm"), (pdf, "pdf.dcm")):
+        (tmp_path / name).write_bytes(blob)
+        assert dciodvfy_errors(tmp_path / name) == [], name
