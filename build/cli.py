@@ -39,6 +39,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX exports")
     parser.add_argument(
+        "--trtexec",
+        action="store_true",
+        help="gpu/jetson: write tensorrt_plan configs, the ONNX parts and build_engines.sh (trtexec command lines) "
+        "to build the engines on the target GPU (scripts/gpu-check.sh does it and checks parity)",
+    )
+    parser.add_argument(
         "--runtime",
         choices=RUNTIMES,
         default="torchscript",
@@ -83,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
         runtime=args.runtime,
         precision=args.precision,
         precision_data=precision_data,
+        trtexec=args.trtexec,
     )
     print(f"wrote {args.profile} repository {report.path}")
     for e in report.exports:

@@ -194,6 +194,8 @@ def write_repository(
     runtime: str = "torchscript",
     precision: str = "fp32",
     precision_data: PrecisionData | None = None,
+    accuracy_gate: bool = True,
+    trtexec: bool = False,
 ) -> BuildReport:
     """Export ``checkpoint`` and write the five-model repository for ``profile`` into ``out_dir``.
 
@@ -201,6 +203,11 @@ def write_repository(
         runtime: cpu profile: ``torchscript`` (default), ``onnxruntime`` or ``torch-export``.
         precision: cpu profile: ``fp32`` (default), ``bf16`` (torchscript/torch-export) or ``int8`` (onnxruntime).
         precision_data: training-split calibration and validation ECGs; required for bf16/int8.
+        trtexec: gpu/jetson: write tensorrt_plan configs, the ONNX parts and ``build_engines.sh`` (trtexec
+            command lines) instead of building engines here; the GPU builds them (scripts/gpu-check.sh).
+        accuracy_gate: False only for speed measurements of random-weight models (``lasan bench``), where
+            AUROC means nothing; the metadata then says the repository was not gated. ``lasan build``
+            always gates.
         engines: build TensorRT engines (gpu/jetson). None: when CUDA is present. Jetson requires them.
         onnx: also write ``model.onnx`` beside each part (for inspection and trtexec).
         overwrite: replace an existing repository at ``out_dir``.
@@ -213,6 +220,10 @@ def write_repository(
     """
     ckpt = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load_checkpoint(checkpoint)
     notes: list[str] = []
+    if trtexec:
+        if profile == "cpu":
+            raise ConfigError("--trtexec builds TensorRT engines for --profile gpu or jetson, not cpu")
+        engines, onnx = True, True
     if engines is None:
         engines = profile != "cpu" and cuda_available()
     if profile == "gpu" and not engines:
@@ -235,6 +246,7 @@ def write_repository(
         engines=bool(engines),
         runtime=runtime,
         precision=precision,
+        trtexec=trtexec,
     )
     if precision != "fp32" and precision_data is None:
         raise ConfigError(
@@ -253,7 +265,7 @@ def write_repository(
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        exports = _write_staging(ckpt, staging, options, onnx, notes, precision_data)
+        exports = _write_staging(ckpt, staging, options, onnx, notes, precision_data, accuracy_gate)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # the previous repository, if any, stays as it was
         raise
@@ -276,6 +288,7 @@ def _write_staging(
     onnx: bool,
     notes: list[str],
     precision_data: PrecisionData | None = None,
+    accuracy_gate: bool = True,
 ) -> list[ExportResult]:
     profile = options.profile
     thresholds, source = served_thresholds(ckpt)
@@ -285,7 +298,10 @@ def _write_staging(
     exports, engine_names, export_meta = _export_parts(ckpt, shape, staging, options, onnx, calibration)
     meta["export"] = export_meta
     meta["runtime"] = {"runtime": options.runtime, "precision": options.precision, "isa": isa_features()}
-    if options.precision != "fp32":
+    if options.precision != "fp32" and not accuracy_gate:
+        meta["runtime"]["accuracy_gate"] = "NOT CHECKED: a benchmark build of random weights, for speed only"
+        notes.append(f"{options.precision} build written WITHOUT the accuracy gate (speed measurement only)")
+    elif options.precision != "fp32":
         assert precision_data is not None  # write_repository refuses a lower precision without data
         gate = _precision_gate(ckpt, staging, options, precision_data)
         meta["runtime"]["accuracy_gate"] = {**gate.to_dict(), "data": precision_data.source}
@@ -312,6 +328,12 @@ def _write_staging(
     texts = check_repository_spec(specs)
     for spec in specs:
         _write_model(staging, spec, texts[spec.name], meta, options, ckpt)
+    if options.trtexec:
+        from lasan.build.tensorrt import write_engine_script
+
+        write_engine_script(staging, options.fp16)
+        notes.append("TensorRT engines are NOT built yet: run build_engines.sh on the target GPU (TensorRT "
+                     "container), or scripts/gpu-check.sh, before serving this repository")
     (staging / "lasan_build.json").write_text(
         json.dumps(
             {
@@ -414,7 +436,7 @@ def _export_parts(
         results.append(_export_part(module, example, version, (in_names, out_names), options, lower, calibration))
         if onnx and options.runtime != "onnxruntime":
             results.append(export_onnx(module, example, version / "model.onnx", in_names, out_names))
-        if options.engines:
+        if options.engines and not options.trtexec:
             res = export_tensorrt(
                 module,
                 example,

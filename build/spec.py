@@ -156,6 +156,7 @@ class BuildOptions:
     torch_threads: int = 1  # per python-backend instance: several instances share few cores
     runtime: str = "torchscript"  # cpu profile: what the python backend runs (RUNTIMES)
     precision: str = "fp32"  # cpu profile: fp32, or an opt-in lower precision checked by the accuracy gate
+    trtexec: bool = False  # gpu/jetson: engines are built later from model.onnx by trtexec (build_engines.sh)
 
     def __post_init__(self) -> None:
         from lasan.errors import ConfigError
