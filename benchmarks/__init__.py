@@ -20,7 +20,7 @@ __all__ = ["SECTIONS", "run_benchmarks"]
 
 log = logging.getLogger(__name__)
 
-SECTIONS = ("model", "triton", "ingest", "feed")
+SECTIONS = ("model", "triton", "runtimes", "ingest", "feed")
 
 
 def _section_failed(section: str, metric: str, exc: BaseException) -> Row:
@@ -70,6 +70,12 @@ def run_benchmarks(
         )
         return result.rows, result.details
 
+    def runtimes() -> tuple[Sequence[Row], Any]:
+        from lasan.benchmarks.runtimes import run_runtime_benchmark
+
+        result = run_runtime_benchmark(work / "bench", quick=quick)
+        return result.rows, result.details
+
     def ingest() -> tuple[Sequence[Row], Any]:
         from lasan.benchmarks.ingest import run_ingest_benchmark
         from lasan.benchmarks.ingest_rows import ingest_rows
@@ -85,6 +91,7 @@ def run_benchmarks(
 
     section("model", "model rows", model)
     section("triton", "Triton rows", triton)
+    section("runtimes", "runtime and precision rows", runtimes)
     section("ingest", "ingest rows", ingest)
     section("feed", "feed rows", feed)
 

@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from lasan.benchmarks import SECTIONS, run_benchmarks
-from lasan.benchmarks.table import render_markdown, rows_to_json
+from lasan.benchmarks.table import render_markdown, render_targets, rows_to_json
 
 __all__ = ["configure", "run"]
 
@@ -63,7 +63,9 @@ def run(args: argparse.Namespace) -> int:
     (out / "latest.md").write_text(f"{table}\n\n{caption}\n")
     (out / "latest.json").write_text(json.dumps(payload, indent=2, default=str))
     if args.publish:
-        Path(args.publish).write_text(f"{_PUBLISHED_HEADER}\n{table}\n\n{caption}\n")
+        Path(args.publish).write_text(
+            f"{_PUBLISHED_HEADER}\n## Targets\n\n{render_targets(rows)}\n\n## Every row\n\n{table}\n\n{caption}\n"
+        )
     print(table)
     print()
     print(caption)

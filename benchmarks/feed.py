@@ -325,6 +325,11 @@ def run_feed_benchmark(
                         note=e2e_note if r.e2e_ms else "not run: no result reached the downstream sink",
                         target=f"<= {E2E_P99_TARGET_MS:g} ms" if targeted else "",
                         met=(e99 <= E2E_P99_TARGET_MS) if targeted else None))
+    # The same 20 msg/s with Triton kept saturated, at default priority and niced (benchmarks/feed_load.py).
+    from lasan.benchmarks.feed_load import run_loaded_feed
+
+    loaded_rows, details["saturated"] = run_loaded_feed(feed_dir, repo, quick=quick)
+    rows += loaded_rows
     details["rates"] = [
         {"rate": r.rate, "duration_s": r.duration_s, "sent": r.sent, "acked": r.acked, "ack_errors": r.ack_errors,
          "results": r.results, "ack_ms": list(r.ack_ms), "e2e_ms": list(r.e2e_ms),

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["Row", "not_run", "render_markdown", "rows_to_json", "format_number"]
+__all__ = ["Row", "not_run", "render_markdown", "render_targets", "rows_to_json", "format_number"]
 
 COLUMNS = ("section", "metric", "value", "baseline", "ratio", "target", "met?")
 
@@ -94,6 +94,18 @@ def render_markdown(rows: Iterable[Row]) -> str:
             _met_cell(row),
         )
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def render_targets(rows: Iterable[Row]) -> str:
+    """Only the rows that have a target, as a short table (what README.md and the docs point at)."""
+    lines = ["| section | target | measured | met? |", "|---|---|---|---|"]
+    for row in rows:
+        if row.target:
+            measured = _value_cell(row) + (f" ({format_number(row.ratio)} x {row.baseline})" if row.ratio is not None
+                                           and row.baseline else "")
+            lines.append("| " + " | ".join(_cell(c) for c in (row.section, f"{row.metric}: {row.target}", measured,
+                                                               _met_cell(row) or "—")) + " |")
     return "\n".join(lines)
 
 

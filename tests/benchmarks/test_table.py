@@ -87,3 +87,17 @@ def test_composing_model_statistics_are_read_from_the_ensemble_report():
     assert stats["encoder"]["queue_ms"] == pytest.approx(13.463)
     assert stats["fusion"]["compute_infer_ms"] == pytest.approx(9.693)
     assert stats["fusion"]["mean_batch"] == pytest.approx(3.0)
+
+
+def test_targets_table_keeps_only_rows_with_a_target_and_says_missed():
+    from lasan.benchmarks.table import Row, render_targets
+
+    text = render_targets([
+        Row("feed", "ACK p99", 25.0, "ms", target="<= 20 ms", met=False),
+        Row("model", "no target here", 1.0),
+        Row("runtimes", "best", 30.0, "ECG/s", baseline="torchscript fp32 10 ECG/s", ratio=3.0, target=">= 2 x", met=True),
+    ])
+    lines = text.splitlines()
+    assert len(lines) == 4 and "no target here" not in text
+    assert lines[2] == "| feed | ACK p99: <= 20 ms | 25.0 ms | **MISSED** |"
+    assert lines[3] == "| runtimes | best: >= 2 x | 30.0 ECG/s (3 x torchscript fp32 10 ECG/s) | yes |"
