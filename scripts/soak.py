@@ -285,14 +285,14 @@ def run(args: argparse.Namespace) -> tuple[Tally, dict[str, int], float]:
                 tally.kills += 1
                 # Sometimes mid-message (a Timer fires while this message is in flight), sometimes between.
                 threading.Timer(rng.uniform(0.0, 0.02), lp.kill).start() if rng.random() < 0.5 else lp.kill()
-            if triton_at and i == triton_at[0]:
+            # A kill due while Triton is still restarting from the last one waits for the restart.
+            if triton_at and i >= triton_at[0] and (triton_thread is None or not triton_thread.is_alive()):
                 triton_at.pop(0)
-                if triton_thread is None or not triton_thread.is_alive():
-                    tally.triton_kills += 1
-                    _kill_triton(triton)
-                    triton_thread = threading.Thread(target=restart_triton, daemon=True)
-                    triton_thread.start()
-            if outage_at and i == outage_at[0] and not outage.is_set():
+                tally.triton_kills += 1
+                _kill_triton(triton)
+                triton_thread = threading.Thread(target=restart_triton, daemon=True)
+                triton_thread.start()
+            if outage_at and i >= outage_at[0] and not outage.is_set():
                 outage_at.pop(0)
                 tally.outages += 1
                 outage.set()
