@@ -231,7 +231,7 @@ def _bounded_server_class() -> type:
                             request.shutdown(socket.SHUT_RDWR)
                         except OSError:
                             pass
-                        assoc.join(5)
+                        assoc.join(1.0)
                         if assoc.is_alive():
                             assoc.kill()
             finally:
