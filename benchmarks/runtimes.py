@@ -114,7 +114,7 @@ def _in_process(repos: dict[tuple[str, str], Path], quick: bool) -> tuple[list[R
         for variant, repo in repos.items():
             encoder = load_part(_artefact(repo, "encoder", variant[0]), threads=1)
             rates[variant] = {
-                b: _rate(lambda x, e=encoder: e(x), _synthetic_inputs(b, seed=100), 1.5 if quick else 4.0) for b in (8, 1)
+                b: _rate(encoder, _synthetic_inputs(b, seed=100), 1.5 if quick else 4.0) for b in (8, 1)
             }
     finally:
         torch.set_num_threads(previous)
@@ -199,7 +199,8 @@ def _auroc_rows(checkpoint: Path | None, manifest: Path | None, work: Path, cach
     with torch.inference_mode():
         fp32 = np.concatenate([served(torch.from_numpy(data.validation[i : i + 32]))[0].numpy()
                                for i in range(0, len(data.validation), 32)])
-    rows, details = [], {"checkpoint": str(checkpoint), "data": data.source}
+    rows: list[Row] = []
+    details: dict[str, Any] = {"checkpoint": str(checkpoint), "data": data.source}
     for variant in VARIANTS:
         repo = _build(checkpoint, work / "auroc" / variant_label(variant).replace(" ", "-"), variant, 1, data, False)
         enc, fus = (load_part(_artefact(repo, m, variant[0])) for m in ("encoder", "fusion"))
