@@ -141,8 +141,20 @@ def onnx_bytes(
 
 
 def ort_session(model: bytes | str | Path, threads: int = 1) -> Any:
-    """An ONNX Runtime CPU session configured as the served adapter configures it."""
-    import onnxruntime as ort
+    """An ONNX Runtime CPU session configured as the served adapter configures it.
+
+    Raises:
+        ConfigError: onnxruntime is not installed.
+    """
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        from lasan.errors import ConfigError
+
+        raise ConfigError(
+            "--runtime onnxruntime and --precision int8 need onnxruntime: pip install 'lasan[export]' "
+            "(make install does)"
+        ) from exc
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
