@@ -204,7 +204,7 @@ def _auroc_rows(checkpoint: Path | None, manifest: Path | None, work: Path, cach
     for variant in VARIANTS:
         repo = _build(checkpoint, work / "auroc" / variant_label(variant).replace(" ", "-"), variant, 1, data, False)
         enc, fus = (load_part(_artefact(repo, m, variant[0])) for m in ("encoder", "fusion"))
-        probs = np.concatenate([fus(*enc(data.validation[i : i + 32]))[0] for i in range(0, len(data.validation), 32)])
+        probs = np.concatenate([fus(*enc(data.validation[i : i + 16]))[0] for i in range(0, len(data.validation), 16)])
         result = compare_precision(fp32, probs, data.labels, ckpt.config.classes, variant[1])
         worst = max(result.auroc_drop.values())
         details[variant_label(variant)] = result.to_dict()
