@@ -398,3 +398,20 @@ def test_an_ecg_the_served_model_refuses_after_aa_gets_one_not_scored_result(
     log = lp.log_text()
     assert "worker.not_scored" in log and "at least 4.5 s" in log
     assert_no_phi(log)
+
+
+def test_the_digest_ignores_what_a_resend_may_change_and_nothing_else(tmp_path):
+    from lasan.hl7.encoding import read_header
+    from lasan.integration.intake import hl7_digest
+
+    def digest(data: bytes) -> str:
+        return hl7_digest(data, read_header(data))
+
+    first = oru(small_ecg(seed=36), "D-1")
+    same = [b"\x0b" + first.replace(b"\r", b"\r\n") + b"\x1c\r", _msh(first, 6, "19990101"), b"\xef\xbb\xbf" + first]
+    assert {digest(m) for m in same} == {digest(first)}
+    changed = [_msh(first, 5, "OTHERFAC"), first.replace(b"Quillfeather", b"Quillfeathen"),
+               _first_sample(first, "MDC_ECG_LEAD_V5", "7")]
+    assert len({digest(m) for m in changed} | {digest(first)}) == 4
+    wide = first.decode().replace("UNICODE UTF-8", "UNICODE UTF-16")
+    assert digest(wide.encode("utf-16")) == digest(_msh(wide.encode(), 6, "19990101").decode().encode("utf-16"))
