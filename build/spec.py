@@ -273,6 +273,9 @@ def repository_spec(
             part_params["runtime"] = options.runtime
             part_params["precision"] = options.precision
             part_params["model_file"] = RUNTIME_ARTEFACTS[options.runtime]
+            if options.runtime == "onnxruntime":  # read by model_repository/onnxruntime/model.py
+                part_params["ort_intra_op_threads"] = str(options.torch_threads)
+                part_params["ort_allow_spinning"] = "0"
         parts.append(
             ModelSpec(
                 name,

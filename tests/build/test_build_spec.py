@@ -202,3 +202,19 @@ def test_tensorrt_profile_uses_the_engines_own_tensor_names():
     # The python-backend models stay on the CPU (python-backend GPU instances are not supported on Jetson).
     assert to_config(by[PREPROCESS_MODEL]).instance_group[0].kind == pb.ModelInstanceGroup.KIND_CPU
     assert to_config(by[OUTPUTS_MODEL]).instance_group[0].kind == pb.ModelInstanceGroup.KIND_CPU
+
+
+@pytest.mark.parametrize(
+    "runtime,artefact", [("torchscript", "model.pt"), ("onnxruntime", "model.onnx"), ("torch-export", "model.pt2")]
+)
+def test_cpu_runtime_is_told_to_its_adapter_through_the_config(runtime, artefact):
+    specs = _by_name(repository_spec(LASAN_SHAPE, BuildOptions(runtime=runtime, torch_threads=2)))
+    for name in (ENCODER_MODEL, FUSION_MODEL):
+        params = to_config(specs[name]).parameters
+        assert params["runtime"].string_value == runtime and params["model_file"].string_value == artefact
+        assert params["precision"].string_value == "fp32"
+        if runtime == "onnxruntime":
+            assert params["ort_intra_op_threads"].string_value == "2"
+            assert params["ort_allow_spinning"].string_value == "0"
+        else:
+            assert "ort_intra_op_threads" not in params
