@@ -161,11 +161,29 @@ class FaultFS:
         self.image.unlink(missing_ok=True)
 
 
-def _kill_triton(server) -> None:  # type: ignore[no-untyped-def]
+def _kill_triton(server) -> bool:  # type: ignore[no-untyped-def]
+    if not server.running():
+        return False
     with contextlib.suppress(ProcessLookupError):
         os.killpg(server.pid, signal.SIGKILL)  # tritonserver and its python-backend stubs
     server._process.wait(30)
     server._process = None
+    return True
+
+
+def _start_triton(server, patience_s: float = 120.0) -> None:  # type: ignore[no-untyped-def]
+    """Start Triton again; its ports may stay busy for a moment after a kill (connections in TIME_WAIT)."""
+    from lasan.errors import ServerError
+
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            server.start()
+            return
+        except ServerError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
 
 
 def _build_repository(work: Path, checkpoint: str | None) -> Path:
@@ -255,7 +273,7 @@ def run(args: argparse.Namespace) -> tuple[Tally, dict[str, int], float]:
 
         def restart_triton() -> None:
             time.sleep(rng.uniform(1.0, 4.0))
-            triton.start()
+            _start_triton(triton)
 
         def deliver(cid: str, message: bytes, during_fault: bool) -> str:
             """Send until the listener answers (restarting it if it is gone); the ACK code."""
@@ -288,8 +306,7 @@ def run(args: argparse.Namespace) -> tuple[Tally, dict[str, int], float]:
             # A kill due while Triton is still restarting from the last one waits for the restart.
             if triton_at and i >= triton_at[0] and (triton_thread is None or not triton_thread.is_alive()):
                 triton_at.pop(0)
-                tally.triton_kills += 1
-                _kill_triton(triton)
+                tally.triton_kills += _kill_triton(triton)
                 triton_thread = threading.Thread(target=restart_triton, daemon=True)
                 triton_thread.start()
             if outage_at and i >= outage_at[0] and not outage.is_set():
@@ -325,6 +342,9 @@ def run(args: argparse.Namespace) -> tuple[Tally, dict[str, int], float]:
                 fault_until = 0
             if not lp.alive():
                 lp.start()
+            if (i + 1) % 1000 == 0:
+                print(f"{i + 1} messages sent, {len(tally.aa)} AA, {tally.kills} listener kills, "
+                      f"{tally.triton_kills} Triton kills, {tally.outages} outages", flush=True)
             if rng.random() < args.pause_probability:
                 time.sleep(rng.uniform(0, args.max_pause_s))
         for _ in range(20):  # messages answered AE: the sender tries again until AA
