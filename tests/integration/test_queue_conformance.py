@@ -290,3 +290,11 @@ def test_releasing_a_workers_items_leaves_its_deliveries_leased(queue):
     assert queue.lease_deliveries("node:2", limit=5, lease_s=600) == []
     queue.schedule_delivery_retry(item, "pacs", "PACS down", delay_s=0)
     assert [d.target for d in queue.lease_deliveries("node:2", limit=5, lease_s=600)] == ["pacs"]
+
+
+def test_due_after_id_lists_only_what_arrived_since(queue):
+    first = queue.enqueue(_key(1), b"a", source="hl7", kind="hl7").item_id
+    second = queue.enqueue(_key(2), b"b", source="hl7", kind="hl7").item_id
+    assert [i.id for i in queue.due()] == [first, second]
+    assert [i.id for i in queue.due(after_id=first)] == [second]
+    assert queue.due(after_id=second) == []
