@@ -20,7 +20,7 @@ __all__ = ["SECTIONS", "run_benchmarks"]
 
 log = logging.getLogger(__name__)
 
-SECTIONS = ("model", "triton", "runtimes", "ingest", "feed")
+SECTIONS = ("model", "triton", "runtimes", "ingest", "feed", "multinode")
 
 
 def _section_failed(section: str, metric: str, exc: BaseException) -> Row:
@@ -89,11 +89,18 @@ def run_benchmarks(
         result = run_feed_benchmark(work / "bench", quick=quick, checkpoint=checkpoint)
         return result.rows, result.details
 
+    def multinode() -> tuple[Sequence[Row], Any]:
+        from lasan.benchmarks.multinode import run_multinode_benchmark
+
+        result = run_multinode_benchmark(work / "bench", quick=quick, checkpoint=checkpoint)
+        return result.rows, result.details
+
     section("model", "model rows", model)
     section("triton", "Triton rows", triton)
     section("runtimes", "runtime and precision rows", runtimes)
     section("ingest", "ingest rows", ingest)
     section("feed", "feed rows", feed)
+    section("multinode", "multinode rows", multinode)
 
     details["machine"] = machine_info()
     return rows, details
