@@ -339,13 +339,17 @@ def test_real_philips_export_holds_10_5_s_of_ecg_then_the_carts_1_mv_calibration
 
 
 @needs_philips
-@pytest.mark.parametrize("variant", ["utf-16", "utf-16-le-no-bom", "1.04", "1.04.01"])
+@pytest.mark.parametrize("variant", ["utf-16", "utf-16-le-no-bom", "1.04", "1.04.01", "PhilipsECG 1.04.01"])
 def test_philips_utf16_and_later_versions_read_the_same(variant: str) -> None:
     text = PHILIPS.read_bytes().decode("utf-8")
-    if variant.startswith("1.04"):
-        # Same XLI payload under the later schema's version label (1.04 changed metadata, not the codec).
-        data = text.replace("<documentversion>1.03</documentversion>", f"<documentversion>{variant}</documentversion>")
-        assert data != text
+    if "1.04" in variant:
+        # Same XLI payload under the later schema's version label (1.04 changed metadata, not the codec);
+        # PageWriter TC / IntelliSpace exports name the document type PhilipsECG.
+        version = variant.split()[-1]
+        data = text.replace("<documentversion>1.03</documentversion>", f"<documentversion>{version}</documentversion>")
+        if variant.startswith("PhilipsECG"):
+            data = data.replace("<documenttype>SierraECG</documenttype>", "<documenttype>PhilipsECG</documenttype>")
+        assert data.count(version) >= 1 and data != text
         raw = data.encode("utf-8")
     elif variant == "utf-16":
         raw = text.replace('encoding="utf-8"', 'encoding="utf-16"').replace('encoding="UTF-8"', 'encoding="UTF-16"')
