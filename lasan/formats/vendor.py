@@ -170,7 +170,8 @@ def _check_variant(fmt: str, text: str, what: str) -> None:
             "export it as HL7 aECG release 1 (PORT_MT020001)"
         )
     # Only a complete document: a truncated one lost its rhythm to the cut, and the parser says so.
-    if fmt == "ge-muse" and re.search(r"</RestingECG>\s*$", text) and not _MUSE_RHYTHM.search(text):
+    complete = text.rstrip("\0 \t\r\n").endswith("</RestingECG>")
+    if fmt == "ge-muse" and complete and not _MUSE_RHYTHM.search(text):
         raise UnsupportedFormatError(
             f"{what} holds no rhythm waveform (a median-beat-only MUSE export); LASAN reads the 10 s rhythm "
             "strip: export the resting ECG with its rhythm waveform"
