@@ -27,7 +27,8 @@ def test_children_are_found_and_their_memory_grows_with_what_they_hold():
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == b"ready"
         processes = deployment_processes(os.getpid())
-        assert processes[os.getpid()] == "tritonserver" and processes[child.pid] == "child"
+        assert processes[os.getpid()] == "tritonserver"
+        assert processes[child.pid].split("#")[0] == "child"  # "child#2" when the session has started other children
         with MemorySampler({child.pid: "child"}, interval_s=0.05) as sampler:
             time.sleep(0.3)
         (memory,) = read_memory({child.pid: "child"})
