@@ -67,8 +67,24 @@ def read_fhir(source: str | os.PathLike[str] | bytes) -> ECGRecord:
         raise MalformedECGError(f"{what} is truncated or corrupt: not valid JSON ({exc}); ask the sender to resend it") from exc
     if not isinstance(document, dict):
         raise MalformedECGError(f"{what} is JSON but not a FHIR resource")
+    _refuse_r5(document, what)
     observation = _observation(document, what)
     return _to_record(observation, what)
+
+
+def _refuse_r5(document: dict[str, Any], what: str) -> None:
+    """FHIR R5 renamed SampledData.period to interval + intervalUnit: say which version it is."""
+    entries = document.get("entry") if isinstance(document.get("entry"), list) else []
+    resources = [document] + [e.get("resource") for e in entries if isinstance(e, dict)]
+    for resource in resources:
+        components = resource.get("component") if isinstance(resource, dict) else None
+        for component in components if isinstance(components, list) else []:
+            sampled = component.get("valueSampledData") if isinstance(component, dict) else None
+            if isinstance(sampled, dict) and "interval" in sampled and "period" not in sampled:
+                raise UnsupportedFormatError(
+                    f"{what} is a FHIR R5 Observation (SampledData 'interval' instead of R4's 'period'); "
+                    "LASAN reads FHIR R4 ECG Observations: ask the sender for R4"
+                )
 
 
 def _observation(document: dict[str, Any], what: str):

@@ -87,3 +87,25 @@ def test_broken_fhir_is_refused_with_a_typed_error(damage, error) -> None:
     with pytest.raises(error) as info:
         read_ecg(damage(_bytes(ecg_observation())), fmt="fhir")
     assert PATIENT_ID not in str(info.value)
+
+
+def test_a_fhir_r5_observation_is_refused_as_the_wrong_version_naming_the_file(tmp_path: Path) -> None:
+    document = ecg_observation()
+    for component in document["component"]:
+        sampled = component["valueSampledData"]
+        sampled["interval"], sampled["intervalUnit"] = sampled.pop("period"), "ms"  # R5's SampledData
+    path = tmp_path / "r5.json"
+    path.write_bytes(_bytes(document))
+    with pytest.raises(UnsupportedFormatError, match="R5") as info:
+        read_ecg(path)
+    assert str(path) in str(info.value) and PATIENT_ID not in str(info.value)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupt"])
+def test_truncated_or_corrupt_fhir_file_is_refused_naming_the_file(damage: str, tmp_path: Path) -> None:
+    data = _bytes(ecg_observation())
+    path = tmp_path / "ecg.json"
+    path.write_bytes(data[: len(data) // 2] if damage == "truncated" else data[:200] + bytes(range(256)))
+    with pytest.raises(MalformedECGError, match="truncated or corrupt") as info:
+        read_ecg(path)
+    assert str(path) in str(info.value)
