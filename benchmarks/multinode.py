@@ -216,7 +216,7 @@ def run_multinode_benchmark(work: Path, *, quick: bool = False, checkpoint: str 
                         target="0", met=lost == 0,
                         note=f"{r.sent} sent, {r.acked} ACKed ({r.ack_errors} not AA), {r.results} results within "
                              f"{drain_s:g} s of the last send; max generator lag {r.max_send_lag_ms:.1f} ms"
-                             + (f"; delivered per node: {', '.join(f'{k} {v}' for k, v in delivered.items())}"
+                             + (f"; results each node delivered (warm-up included): {', '.join(f'{k} {v}' for k, v in delivered.items())}"
                                 if r is multi else "")))
     for what, values in (("MLLP ACK latency p99", lambda r: r.ack_ms), ("HL7 in -> result out latency p99",
                                                                           lambda r: r.e2e_ms)):
