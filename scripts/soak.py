@@ -283,14 +283,12 @@ def run(args: argparse.Namespace) -> tuple[Tally, dict[str, int], float]:
         read_only_at = rng.randrange(m // 2, 2 * m // 3) if fs else -1
         records = [small_ecg(seed=s, fs=100.0) for s in range(8)]
         retry_later: list[tuple[str, bytes]] = []
-        triton_thread: threading.Thread | None = None
         fault_until = 0  # messages up to this index are sent while the queue's disk misbehaves
         read_only_until = -1
         outage = threading.Event()
 
-        def restart_triton() -> None:
-            time.sleep(rng.uniform(1.0, 4.0))
-            _start_triton(triton)
+        triton_restart_at = -1  # restarted by this (main) thread: Triton is started with PR_SET_PDEATHSIG,
+        # so a helper thread that started it would take it down again when the thread ends.
 
         def deliver(cid: str, message: bytes, during_fault: bool) -> str:
             """Send until the listener answers (restarting it if it is gone); the ACK code."""
@@ -320,12 +318,14 @@ def run(args: argparse.Namespace) -> tuple[Tally, dict[str, int], float]:
                 tally.kills += 1
                 # Sometimes mid-message (a Timer fires while this message is in flight), sometimes between.
                 threading.Timer(rng.uniform(0.0, 0.02), lp.kill).start() if rng.random() < 0.5 else lp.kill()
-            # A kill due while Triton is still restarting from the last one waits for the restart.
-            if triton_at and i >= triton_at[0] and (triton_thread is None or not triton_thread.is_alive()):
+            if i == triton_restart_at:
+                _start_triton(triton)  # the stream pauses while it loads; what came meanwhile is queued
+                triton_restart_at = -1
+            # A kill due while Triton is still down from the last one waits for the restart.
+            if triton_at and i >= triton_at[0] and triton_restart_at < 0:
                 triton_at.pop(0)
                 tally.triton_kills += _kill_triton(triton)
-                triton_thread = threading.Thread(target=restart_triton, daemon=True)
-                triton_thread.start()
+                triton_restart_at = i + rng.randint(5, 40)  # down for that many messages
             if outage_at and i >= outage_at[0] and not outage.is_set():
                 outage_at.pop(0)
                 tally.outages += 1
@@ -372,8 +372,8 @@ def run(args: argparse.Namespace) -> tuple[Tally, dict[str, int], float]:
             if not retry_later:
                 break
             time.sleep(1.0)
-        if triton_thread is not None:
-            triton_thread.join(300)
+        if not triton.running():
+            _start_triton(triton)
         # Drain: every AA'd message must reach the downstream system. The backlog can be long
         # (the stream outruns scoring on a small machine): wait while results keep arriving,
         # give up after --drain-s without a new one.
