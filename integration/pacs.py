@@ -35,6 +35,7 @@ import io
 import logging
 import re
 import struct
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -62,6 +63,8 @@ __all__ = [
     "pack_objects",
     "unpack_objects",
 ]
+
+log = logging.getLogger("lasan.integration.pacs")
 
 CODING_SCHEME = "99LASAN"  # private coding scheme ("99" prefix, PS3.16 8.2); codes in docs/integration.md
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
@@ -195,13 +198,24 @@ def build_sr(score: Score, ctx: StudyContext, *, operating_point: str = "screeni
     Raises:
         IntegrationError: highdicom refuses the content (a LASAN bug: nothing is sent).
     """
+    # highdicom logs each module it copies at INFO/DEBUG: noise in a listener's log, never needed.
+    logging.getLogger("highdicom").setLevel(logging.WARNING)
+    with warnings.catch_warnings(record=True) as caught:
+        # highdicom's warnings quote values (e.g. 'The string "<patient name>" is unlikely to represent
+        # the intended person name'); a listener's stderr is its log, so only their kind is logged.
+        warnings.simplefilter("always")
+        sr = _build_sr(score, ctx, operating_point=operating_point, now=now)
+    for kind in sorted({type(w.message).__name__ for w in caught}):
+        log.info("highdicom warned while building an SR (%s; message withheld: it may quote patient data)", kind)
+    return sr
+
+
+def _build_sr(score: Score, ctx: StudyContext, *, operating_point: str, now: datetime | None) -> Dataset:
     import highdicom as hd
     from highdicom.coding_schemes import CodingSchemeIdentificationItem
     from pydicom.sr.codedict import codes
     from pydicom.sr.coding import Code
 
-    # highdicom logs each module it copies at INFO/DEBUG: noise in a listener's log, never needed.
-    logging.getLogger("highdicom").setLevel(logging.WARNING)
     unit = Code("1", "UCUM", "no units")
     algorithm = hd.sr.AlgorithmIdentification(name=f"LASAN {score.model_name}"[:64], version=score.model_version[:64])
     decisions: Mapping[str, bool] = getattr(score, operating_point)

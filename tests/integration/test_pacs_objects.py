@@ -137,6 +137,21 @@ def test_non_dicom_ecg_gets_a_new_stable_study_with_its_patient_and_order():
     assert len({d.SOPInstanceUID for d in first + other}) == 4
 
 
+def test_a_free_text_patient_name_never_reaches_warnings_or_the_log(caplog):
+    """highdicom warns about a name without '^' and quotes it; stderr is a listener's log (no PHI there)."""
+    import logging
+    import warnings
+    from dataclasses import replace
+
+    record = replace(sample_ecg(seed=5), patient=PatientIdentity(patient_id="P-1", name="Jane Doe"))
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.DEBUG):
+        warnings.simplefilter("always")
+        sr_bytes, _ = pacs_objects(record, _score(), uid_key="S|F|1", pdf=_PDF)
+    assert str(_parse(sr_bytes).PatientName) == "Jane Doe"  # the object keeps the name as sent
+    assert not [w for w in caught if "Jane" in str(w.message)]
+    assert "Jane" not in caplog.text
+
+
 def test_awkward_identities_still_make_valid_objects(tmp_path):
     from dataclasses import replace
 
