@@ -16,6 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+# A real Philips Sierra XML 1.03 export (MIT, sierra-ecg-tools), kept with its licence in tests/data.
+PHILIPS_SAMPLE = Path(__file__).resolve().parent / "data" / "ecg-samples" / "philips_129DYPRG.XML"
+
 TINY_THRESHOLDS = {
     # Close to the tiny models' probabilities (about 0.29-0.40), so decisions differ between ECGs.
     "screening": {"ARVC": 0.3, "LQTS": 0.33, "control": 0.3},

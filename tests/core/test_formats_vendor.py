@@ -16,17 +16,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from testkit import PHILIPS_SAMPLE
 
 from lasan.errors import ECGFormatError, MalformedECGError, UnsupportedFormatError
 from lasan.formats import VENDOR_FORMATS, detect_format, read_ecg
 from lasan.formats.sample import sample_ecg
 from lasan.leads import STANDARD_LEADS
 
-SAMPLES = Path(__file__).resolve().parents[2] / ".." / "shared" / "ecg-samples"
-PHILIPS = SAMPLES / "philips_129DYPRG.XML"
-needs_philips = pytest.mark.skipif(
-    not PHILIPS.exists(), reason=f"the real Philips export is not at {PHILIPS} (shared/ beside the clone)"
-)
+PHILIPS = PHILIPS_SAMPLE
+needs_philips = pytest.mark.skipif(not PHILIPS.exists(), reason=f"the real Philips export is missing at {PHILIPS}")
 FS = 500
 PATIENT_ID = "MRN-4711-SECRET"
 EIGHT = ("I", "II", "V1", "V2", "V3", "V4", "V5", "V6")

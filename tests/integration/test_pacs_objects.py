@@ -291,14 +291,11 @@ def test_c_store_over_dicom_tls(tmp_path):
 
 
 def test_a_real_philips_export_makes_valid_result_objects(tmp_path):
-    from pathlib import Path
+    from testkit import PHILIPS_SAMPLE
 
     from lasan.formats import read_ecg
 
-    philips = Path(__file__).resolve().parents[2] / ".." / "shared" / "ecg-samples" / "philips_129DYPRG.XML"
-    if not philips.exists():
-        pytest.skip(f"the real Philips export is not at {philips} (shared/ beside the clone)")
-    record = read_ecg(philips)
+    record = read_ecg(PHILIPS_SAMPLE)
     sr, pdf = pacs_objects(record, _score(), uid_key="philips", pdf=_PDF)
     ds = _parse(sr)
     assert (ds.StudyDate, ds.StudyTime) == ("20111201", "072734")  # the acquisition time in the export
