@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import socket
 import threading
 from collections.abc import Callable
 
@@ -60,7 +59,7 @@ class ResultWorker:
         self.delivery = DeliveryStage(config, books)
         self._poll = poll_interval_s
         # Names this process's leases in a queue shared by several nodes (the PostgreSQL backend).
-        self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
+        self.worker_id = f"{config.metrics.node}:{os.getpid()}"  # the node name of the metrics, so both agree
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop run() is on, for wake()/stop()
@@ -121,7 +120,7 @@ class ResultWorker:
     async def run(self) -> None:
         """Process due items until stopped. Never raises for an item's failure."""
         self._loop = asyncio.get_running_loop()
-        event("worker.started", logging.INFO, log, triton=self.config.triton.url, model=self.config.triton.model,
+        event("worker.started", logging.INFO, log, triton=",".join(self.config.triton.urls), model=self.config.triton.model,
               downstream=f"{self.config.downstream.host}:{self.config.downstream.port}" if self.config.downstream else None)
         try:
             while not self._stop.is_set():
