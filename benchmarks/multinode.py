@@ -55,7 +55,7 @@ class MultinodeBenchResult:
 
 
 @contextlib.contextmanager
-def _postgres(work: Path) -> Iterator[str]:
+def _postgres() -> Iterator[str]:
     """A throwaway PostgreSQL cluster on a free loopback port; yields the URL of an empty database.
 
     Raises:
@@ -69,7 +69,9 @@ def _postgres(work: Path) -> Iterator[str]:
         raise ServerError("PostgreSQL server binaries not found (/usr/lib/postgresql/*/bin): install Debian's "
                           "postgresql package (make install does, as root)")
     bin_dir = Path(found[0]).parent
-    root = Path(tempfile.mkdtemp(prefix="lasan-bench-pg-", dir=work))
+    # In the system temp folder, not under ``work``: the cluster runs as the postgres user, who may not
+    # be able to enter the work folder (and initdb/pg_ctl need absolute paths: they run with cwd=root).
+    root = Path(tempfile.mkdtemp(prefix="lasan-bench-pg-")).resolve()
     as_user: list[str] = []
     if os.geteuid() == 0:  # PostgreSQL refuses to run as root
         import pwd
@@ -205,7 +207,7 @@ def run_multinode_benchmark(work: Path, *, quick: bool = False, checkpoint: str 
                                                     metrics_port=free_port(), work_dir=out / f"triton-{i}"))
                    for i in range(2)]
         single = asyncio.run(_single(out, tritons[0].grpc_url, duration_s, drain_s))
-        queue_url = stack.enter_context(_postgres(out))
+        queue_url = stack.enter_context(_postgres())
         multi, delivered = asyncio.run(_nodes(out, [t.grpc_url for t in tritons], queue_url, duration_s, drain_s))
     at = f"{RATE:g} msg/s for {duration_s:g} s"
     rows: list[Row] = []
