@@ -13,6 +13,7 @@ import json
 import logging
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,15 @@ def configure_logging(fmt: str = "kv", level: str = "INFO", file: Path | None = 
     root.setLevel(level)
     # pynetdicom logs dataset contents (patient name) at DEBUG; keep it at WARNING.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    # A library's warning may quote a value it was given (highdicom quotes a person name it dislikes):
+    # warnings become structured events with their kind and origin, never their text.
+    warnings.showwarning = _warning_event
+
+
+def _warning_event(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                   file: Any = None, line: str | None = None) -> None:
+    event("python.warning", logging.WARNING, _LOGGER, category=category.__name__,
+          origin=f"{Path(filename).name}:{lineno}", text="withheld (may quote patient data)")
 
 
 def event(name: str, level: int = logging.INFO, logger: logging.Logger | None = None, exc_info: bool = False,

@@ -37,3 +37,26 @@ def test_a_patient_identity_that_slips_into_a_field_stays_redacted():
     who = PatientIdentity(patient_id="MRN7730419", name="Quillfeather^Zenobia", birth_date="19431207")
     line = StructuredFormatter("kv").format(_record({"patient": who}))
     assert "MRN7730419" not in line and "Quillfeather" not in line and "19431207" not in line
+
+
+def test_a_library_warning_is_logged_by_kind_and_origin_never_by_its_text(tmp_path, monkeypatch):
+    import warnings
+
+    from lasan.integration.logs import configure_logging
+
+    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)  # restored after the test
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", list(root.handlers))
+    monkeypatch.setattr(root, "level", root.level)
+    log_file = tmp_path / "logs" / "listen.log"
+    configure_logging("kv", "INFO", log_file)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.warn('The string "Quillfeather Zenobia" is unlikely to represent a person name', UserWarning,
+                      stacklevel=1)
+    for handler in logging.getLogger().handlers:
+        handler.close()
+    text = log_file.read_text()
+    assert "event=python.warning" in text and "category=UserWarning" in text
+    assert "test_structured_logs.py:" in text
+    assert "Quillfeather" not in text
