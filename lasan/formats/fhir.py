@@ -74,8 +74,9 @@ def read_fhir(source: str | os.PathLike[str] | bytes) -> ECGRecord:
 
 def _refuse_r5(document: dict[str, Any], what: str) -> None:
     """FHIR R5 renamed SampledData.period to interval + intervalUnit: say which version it is."""
-    entries = document.get("entry") if isinstance(document.get("entry"), list) else []
-    resources = [document] + [e.get("resource") for e in entries if isinstance(e, dict)]
+    entry = document.get("entry")
+    entries: list[Any] = entry if isinstance(entry, list) else []
+    resources: list[Any] = [document, *(e.get("resource") for e in entries if isinstance(e, dict))]
     for resource in resources:
         components = resource.get("component") if isinstance(resource, dict) else None
         for component in components if isinstance(components, list) else []:
