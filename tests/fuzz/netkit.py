@@ -77,20 +77,29 @@ def exchange(port: int, chunks: list[bytes], *, half_close: bool, bound_s: float
                 s.shutdown(socket.SHUT_WR)
         except OSError:
             pass  # the server may close while we still send: that is an answer too
-        while True:
-            left = bound_s - (time.monotonic() - started)
-            if left <= 0:
-                return bytes(received), time.monotonic() - started, False
-            s.settimeout(left)
-            try:
-                data = s.recv(65536)
-            except TimeoutError:
-                return bytes(received), time.monotonic() - started, False
-            except OSError:
-                break  # reset by the server: closed
-            if not data:
-                break
-            received += data
+        return read_until_closed(s, received, started, bound_s)
+
+
+def read_until_closed(s: socket.socket, received: bytearray, started: float,
+                      bound_s: float) -> tuple[bytes, float, bool]:
+    """Read until the server closes (or resets) the connection or ``bound_s`` since ``started`` pass.
+
+    Returns what :func:`exchange` returns, ``received`` included.
+    """
+    while True:
+        left = bound_s - (time.monotonic() - started)
+        if left <= 0:
+            return bytes(received), time.monotonic() - started, False
+        s.settimeout(left)
+        try:
+            data = s.recv(65536)
+        except TimeoutError:
+            return bytes(received), time.monotonic() - started, False
+        except OSError:
+            break  # reset by the server: closed
+        if not data:
+            break
+        received += data
     return bytes(received), time.monotonic() - started, True
 
 

@@ -21,7 +21,7 @@ import pytest
 from contract import FUZZ, TOTALS
 from hypothesis import given
 from hypothesis import strategies as st
-from netkit import EventLog, exchange, rss_mb
+from netkit import EventLog, exchange, read_until_closed, rss_mb
 
 from lasan.integration.config import DicomConfig
 from lasan.integration.intake import Intake
@@ -138,21 +138,7 @@ def dicom_exchange(port: int, pdus: list[bytes], *, half_close: bool, bound_s: f
                 s.shutdown(socket.SHUT_WR)
         except OSError:
             pass
-        while True:
-            left = bound_s - (time.monotonic() - started)
-            if left <= 0:
-                return bytes(received), time.monotonic() - started, False
-            s.settimeout(left)
-            try:
-                data = s.recv(65536)
-            except TimeoutError:
-                return bytes(received), time.monotonic() - started, False
-            except OSError:
-                break
-            if not data:
-                break
-            received += data
-    return bytes(received), time.monotonic() - started, True
+        return read_until_closed(s, received, started, bound_s)
 
 
 @pytest.fixture(scope="module")
