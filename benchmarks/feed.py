@@ -30,7 +30,7 @@ import yaml
 from lasan.benchmarks.table import Row
 from lasan.errors import ServerError
 
-__all__ = ["FeedBenchResult", "RateResult", "run_feed_benchmark", "percentile", "ACK_P99_TARGET_MS", "E2E_P99_TARGET_MS"]
+__all__ = ["FeedBenchResult", "RateResult", "run_feed_benchmark", "percentile", "stop_process", "ACK_P99_TARGET_MS", "E2E_P99_TARGET_MS"]
 
 log = logging.getLogger(__name__)
 
@@ -254,15 +254,21 @@ async def _run_feed(
             ))
             log.info("feed at %g msg/s: %d sent, %d results", rate, results[-1].sent, results[-1].results)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        stop_process(proc)
         await sink.stop()
     return results, {"listener_config": str(config), "listener_command": " ".join(cmd)}
+
+
+def stop_process(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM, *, wait_s: float = 30.0) -> None:
+    """Ask a child to stop with ``sig``; kill it if it has not exited after ``wait_s``."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(wait_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
 
 
 def _reuse_or_build(work: Path, checkpoint: str | None) -> Path:

@@ -57,7 +57,7 @@ def run_loaded_feed(
     work: Path, repo: Path, *, quick: bool, settings: Sequence[tuple[int, bool]] = SETTINGS, rate: float = 20.0
 ) -> tuple[list[Row], dict[str, Any]]:
     """ACK and result latency at ``rate`` msg/s with Triton saturated, once per (niceness, pinned) setting."""
-    from lasan.benchmarks.feed import ACK_P99_TARGET_MS, _run_feed, percentile
+    from lasan.benchmarks.feed import ACK_P99_TARGET_MS, _run_feed, percentile, stop_process
     from lasan.build.serve import TritonServer, free_port
 
     duration_s = 5.0 if quick else 20.0
@@ -76,12 +76,7 @@ def run_loaded_feed(
             try:
                 results, _ = asyncio.run(_run_feed(where, server.grpc_url, [rate], duration_s, drain_s))
             finally:
-                load.send_signal(signal.SIGINT)
-                try:
-                    load.wait(15)
-                except subprocess.TimeoutExpired:
-                    load.kill()
-                    load.wait(5)
+                stop_process(load, signal.SIGINT, wait_s=15)
         r = results[0]
         setting = f"Triton and the load at nice {nice}" if nice else "Triton at default priority"
         if pinned:

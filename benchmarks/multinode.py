@@ -17,7 +17,6 @@ import contextlib
 import glob
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,7 @@ from lasan.benchmarks.feed import (
     _wait_port,
     _write_config,
     percentile,
+    stop_process,
 )
 from lasan.benchmarks.table import Row
 from lasan.errors import ServerError
@@ -131,13 +131,7 @@ def _listener(config: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        stop_process(proc)
 
 
 def _merge(parts: list[RateResult], rate: float) -> RateResult:
